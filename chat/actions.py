@@ -1,0 +1,274 @@
+"""The chat's domain rules. Views and consumers stay thin and call these.
+
+`check_*` functions raise `ChatError` when a rule is broken; `do_*` functions change the database
+and return what they changed. Error codes are those of docs/protocol.md. Another user's
+conversation or message is always `not_found`, so ids reveal nothing about who owns what.
+
+`chat.jobs` is imported inside the functions that use it: it talks to Redis or a worker thread,
+and this module must import cleanly without it (migrations, admin, the worker itself).
+"""
+
+import re
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import OuterRef, Q, Subquery
+from django.utils import timezone
+
+from chat import plans
+from chat.models import Conversation, Message, Persona, User
+
+TITLE_CHARS = 60
+SNIPPET_CHARS = 80
+SEARCH_LIMIT = 20
+
+
+class ChatError(Exception):
+    """A refused request: `code` for programs, `message` for people, `extra` for the frame."""
+
+    def __init__(self, code: str, message: str, **extra) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def check_content(content: object) -> str:
+    """The message text to save: a non-empty string within the size limit, stripped."""
+    if not isinstance(content, str) or not content.strip():
+        raise ChatError("bad_frame", "A message needs some text.")
+    content = content.strip()
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(content) > limit:
+        raise ChatError("too_large", f"A message can be at most {limit} characters long.")
+    return content
+
+
+def check_persona_allowed(user: User, persona: Persona) -> None:
+    """Active personas only, and only those the user's plan includes (`quota` otherwise)."""
+    if not persona.is_active:
+        raise ChatError("not_found", "That persona is not available.")
+    plans.check_persona_in_plan(plans.current_plan(user), persona)
+
+
+def check_no_active_reply(conversation: Conversation) -> None:
+    """One reply at a time per conversation: the page stops the running one first."""
+    if conversation.active_reply() is not None:
+        raise ChatError("conflict", "Wait for the current reply to finish, or stop it.")
+
+
+# --- lookups --------------------------------------------------------------------------------
+
+
+def get_conversation(user: User, conversation_id: int, *, lock: bool = False) -> Conversation:
+    """The user's conversation; `lock` holds its row so concurrent sends queue up behind it."""
+    conversations = Conversation.objects.filter(owner=user)
+    if lock:  # of=self: the joined persona row stays unlocked, shared by everyone's chats
+        conversations = conversations.select_for_update(of=("self",))
+    try:
+        return conversations.select_related("persona").get(pk=conversation_id)
+    except (Conversation.DoesNotExist, ValueError, TypeError):
+        raise ChatError("not_found", "No such conversation.") from None
+
+
+def get_message(user: User, message_id: int) -> Message:
+    try:
+        return Message.objects.select_related("conversation").get(
+            pk=message_id, conversation__owner=user
+        )
+    except (Message.DoesNotExist, ValueError, TypeError):
+        raise ChatError("not_found", "No such message.") from None
+
+
+def get_persona(user: User, slug: str | None) -> Persona:
+    """The persona named by `slug`, or the first one on the list the user may use when no slug
+    is given."""
+    personas = Persona.objects.filter(is_active=True)
+    if not slug:
+        persona = next((p for p in personas_for(user) if p.allowed), None)
+    else:
+        persona = personas.filter(slug=slug).first()
+    if persona is None:
+        raise ChatError("not_found", "That persona is not available.")
+    check_persona_allowed(user, persona)
+    return persona
+
+
+def personas_for(user: User) -> list[Persona]:
+    """Active personas, each with `allowed` telling whether this user may chat with it."""
+    personas = list(Persona.objects.filter(is_active=True))
+    for persona in personas:
+        try:
+            check_persona_allowed(user, persona)
+            persona.allowed = True
+        except ChatError:
+            persona.allowed = False
+    return personas
+
+
+def title_from(content: str) -> str:
+    """A one-line title from the first message: its first words, cut at TITLE_CHARS."""
+    line = " ".join(content.split())
+    if len(line) <= TITLE_CHARS:
+        return line
+    return line[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+# --- changes --------------------------------------------------------------------------------
+
+
+def _queue_reply(
+    conversation: Conversation, limits: "plans.Limits", sampling: dict | None = None
+) -> Message:
+    """A new queued reply carrying its plan's limits (the worker reads `sampling`), plus what
+    `sampling` adds (the API's stops, sampling and system text: chat/api.py); the job goes out
+    only once the transaction is committed, so the worker never picks up a message it cannot
+    see yet."""
+    from chat import jobs
+
+    reply = conversation.messages.create(
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.QUEUED,
+        sampling=limits.sampling | (sampling or {}),
+    )
+    conversation.save(update_fields=["updated_at"])  # moves it to the top of the sidebar
+    transaction.on_commit(lambda: jobs.enqueue(reply.id))
+    return reply
+
+
+@transaction.atomic
+def do_send_message(
+    user: User, *, conversation_id: int | None, content: str, persona_slug: str | None
+) -> tuple[Message, Message]:
+    """Save the user's message and queue a reply; a new conversation when `conversation_id` is
+    None, with `persona_slug`'s persona and a title taken from the message."""
+    content = check_content(content)
+    if conversation_id is None:
+        persona = get_persona(user, persona_slug)
+        conversation = Conversation.objects.create(
+            owner=user, persona=persona, title=title_from(content)
+        )
+    else:
+        conversation = get_conversation(user, conversation_id, lock=True)
+        check_persona_allowed(user, conversation.persona)
+        check_no_active_reply(conversation)
+    limits = plans.check_can_generate(user, conversation.persona)
+    message = conversation.messages.create(role=Message.Role.USER, content=content)
+    return message, _queue_reply(conversation, limits)
+
+
+@transaction.atomic
+def do_stop(user: User, message_id: int) -> Message:
+    """End a queued or streaming reply. A queued one is stopped here, as no worker holds it; a
+    streaming one is stopped by its worker, which keeps the text written so far. Stopping a
+    finished reply changes nothing, since the stop and the end of the reply may cross."""
+    from chat import jobs
+
+    reply = get_message(user, message_id)
+    if reply.role != Message.Role.ASSISTANT:
+        raise ChatError("not_found", "No such reply.")
+    if not reply.is_active:
+        return reply
+    # Conditional, because a worker may be taking the job at this very moment.
+    Message.objects.filter(pk=reply.pk, status=Message.Status.QUEUED).update(
+        status=Message.Status.STOPPED, finish_reason="cancelled", updated_at=timezone.now()
+    )
+    transaction.on_commit(lambda: jobs.cancel(reply.id))
+    reply.refresh_from_db()
+    return reply
+
+
+@transaction.atomic
+def do_regenerate(user: User, conversation_id: int) -> tuple[Message, Message]:
+    """Replace the last reply with a new one; returns (the last user message, the new reply)."""
+    conversation = get_conversation(user, conversation_id, lock=True)
+    check_persona_allowed(user, conversation.persona)
+    check_no_active_reply(conversation)
+    message = conversation.messages.filter(role=Message.Role.USER).last()
+    if message is None:
+        raise ChatError("conflict", "There is no message to answer yet.")
+    limits = plans.check_can_generate(user, conversation.persona)
+    conversation.messages.filter(pk__gt=message.pk).delete()
+    return message, _queue_reply(conversation, limits)
+
+
+@transaction.atomic
+def do_edit_last(user: User, message_id: int, content: str) -> tuple[Message, Message]:
+    """Rewrite the last user message, drop the reply after it and queue a new one."""
+    content = check_content(content)
+    message = get_message(user, message_id)
+    conversation = get_conversation(user, message.conversation_id, lock=True)
+    check_persona_allowed(user, conversation.persona)
+    if message.pk != conversation.messages.filter(role=Message.Role.USER).last().pk:
+        raise ChatError("conflict", "Only the last message can be edited.")
+    check_no_active_reply(conversation)
+    limits = plans.check_can_generate(user, conversation.persona)
+    message.content = content
+    message.save(update_fields=["content", "updated_at"])
+    conversation.messages.filter(pk__gt=message.pk).delete()
+    return message, _queue_reply(conversation, limits)
+
+
+def do_rename_conversation(user: User, conversation_id: int, title: str) -> Conversation:
+    conversation = get_conversation(user, conversation_id)
+    title = " ".join(title.split()) if isinstance(title, str) else ""
+    max_length = Conversation._meta.get_field("title").max_length
+    if not title or len(title) > max_length:
+        raise ChatError("bad_frame", f"A title needs 1 to {max_length} characters.")
+    conversation.title = title
+    conversation.save(update_fields=["title", "updated_at"])
+    return conversation
+
+
+@transaction.atomic
+def do_delete_conversation(user: User, conversation_id: int) -> None:
+    """Delete a conversation; a reply still being written is cancelled so its worker slot frees."""
+    from chat import jobs
+
+    conversation = get_conversation(user, conversation_id, lock=True)
+    reply = conversation.active_reply()
+    conversation.delete()
+    if reply is not None:
+        transaction.on_commit(lambda: jobs.cancel(reply.id))
+
+
+# --- search ---------------------------------------------------------------------------------
+
+
+def search_conversations(user: User, query: str) -> list[dict]:
+    """The user's conversations whose title or any message contains `query`, newest first, each
+    with a snippet of the first matching message ("" when only the title matched)."""
+    query = query.strip()
+    if not query:
+        return []
+    first_match = Message.objects.filter(
+        conversation=OuterRef("pk"), content__icontains=query
+    ).order_by("id")
+    conversations = (
+        Conversation.objects.filter(owner=user)
+        .annotate(match=Subquery(first_match.values("content")[:1]))
+        .filter(Q(title__icontains=query) | Q(match__isnull=False))[:SEARCH_LIMIT]
+    )
+    return [
+        {
+            "id": conversation.id,
+            "title": conversation.title,
+            "snippet": snippet(conversation.match or "", query),
+            "updated_at": conversation.updated_at.isoformat(),
+        }
+        for conversation in conversations
+    ]
+
+
+def snippet(text: str, query: str) -> str:
+    """About SNIPPET_CHARS of `text` on one line, around the first occurrence of `query`."""
+    found = re.search(re.escape(query), text, re.IGNORECASE)
+    if found is None:
+        return ""
+    start = max(0, found.start() - (SNIPPET_CHARS - len(query)) // 2)
+    end = start + SNIPPET_CHARS
+    cut = " ".join(text[start:end].split())
+    return ("…" if start > 0 else "") + cut + ("…" if end < len(text) else "")

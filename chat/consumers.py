@@ -1,0 +1,263 @@
+"""The chat websocket (docs/protocol.md): checks frames, calls `chat.actions`, relays replies.
+
+Rules live in `chat.actions`; this module only validates the shape of frames, maps `ChatError` to
+`error` frames and follows replies: a socket joins the Channels group `reply.<id>` of every reply
+it sends or resumes, and remembers how many characters of it the page has, so that text from the
+database and live deltas join without a gap or a repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from chat import actions
+from chat.actions import ChatError
+from chat.models import Message
+from chat.worker import done_event, group_name
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 64 * 1024
+MAX_CLIENT_ID = 64
+MAX_FOLLOWED = 16  # replies one socket may follow at once; a page follows one or two
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_UNAVAILABLE = 4503  # the channel layer (Redis) failed: the page reconnects and resumes
+UNAVAILABLE = "The server lost touch with Redis."
+
+
+def _field(frame: dict, name: str, *types: type, optional: bool = False):
+    """`frame[name]`, which must be one of `types` (bool never passes for int)."""
+    if name not in frame:
+        if optional:
+            return None
+        raise ChatError("bad_frame", f"The frame needs `{name}`.")
+    value = frame[name]
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise ChatError("bad_frame", f"`{name}` has the wrong type.")
+    return value
+
+
+def _message_id(frame: dict) -> int:
+    return _field(frame, "message_id", int)
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def __call__(self, scope, receive, send) -> None:
+        # Reading from the channel layer fails when Redis goes away, which would end the socket
+        # with a traceback: tell the page instead, then close it. Redis loses group memberships
+        # when it restarts, so the page's reconnect and `resume` are what put it back on track;
+        # a frame whose group_add fails (`receive`) closes the socket for the same reason.
+        try:
+            await super().__call__(scope, receive, send)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("the channel layer failed (%s); closing the socket", exc)
+            frame = {"type": "error", "code": "unavailable", "message": UNAVAILABLE}
+            try:
+                await send({"type": "websocket.send", "text": json.dumps(frame)})
+                await send({"type": "websocket.close", "code": CLOSE_UNAVAILABLE})
+            except Exception:  # the socket is gone already
+                pass
+
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        self.following: dict[int, int] = {}  # reply id -> characters of it the page has
+        # Accepted first so that the close code reaches the page: a refused handshake has none.
+        await self.accept()
+        if self.user is None or not self.user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if settings.GROK_EMBEDDED_WORKER:
+            from chat.worker import start_embedded_worker
+
+            start_embedded_worker(asyncio.get_running_loop())
+
+    async def disconnect(self, code: int) -> None:
+        try:
+            for message_id in list(getattr(self, "following", ())):
+                await self.channel_layer.group_discard(group_name(message_id), self.channel_name)
+        except (redis.RedisError, OSError) as exc:  # Redis away: the memberships expire by themselves
+            log.warning("leaving reply groups failed: %s", exc)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self.user or not self.user.is_authenticated:
+            return  # closing: frames that raced the close are ignored
+        # Size before anything else: a huge frame is not even parsed. A str has at most 4 bytes a
+        # character, so short frames skip the encoding.
+        size = len(bytes_data) if bytes_data is not None else len(text_data)
+        if text_data is not None and size * 4 > MAX_FRAME_BYTES:
+            size = len(text_data.encode("utf-8"))
+        if size > MAX_FRAME_BYTES:
+            return await self.send_error("too_large", "The frame is larger than 64 KiB.")
+        if bytes_data is not None:
+            return await self.send_error("bad_frame", "Frames are JSON text, not binary.")
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            return await self.send_error("bad_json", "The frame is not valid JSON.")
+        if not isinstance(frame, dict):
+            return await self.send_error("bad_frame", "A frame is a JSON object.")
+        client_id = frame.get("client_id")
+        if client_id is not None and not (isinstance(client_id, str) and len(client_id) <= MAX_CLIENT_ID):
+            return await self.send_error("bad_frame", f"`client_id` is a string of at most {MAX_CLIENT_ID}.")
+        kind = frame.get("type")
+        handler = self.HANDLERS.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            return await self.send_error("unknown_type", "Unknown frame type.", client_id=client_id)
+        try:
+            await handler(self, frame)
+        except ChatError as exc:
+            about = frame.get("message_id")
+            extra = {"message_id": about} if isinstance(about, int) else {}
+            await self.send_error(exc.code, exc.message, client_id=client_id, **extra | exc.extra)
+        except (redis.RedisError, OSError) as exc:  # the channel layer's Redis: as in __call__
+            log.warning("the channel layer failed (%s); closing the socket", exc)
+            await self.send_error("unavailable", UNAVAILABLE, client_id=client_id)
+            await self.close(code=CLOSE_UNAVAILABLE)
+        except Exception:
+            log.exception("handling a %s frame failed", kind)
+            await self.send_error("unavailable", "Something went wrong; try again.", client_id=client_id)
+
+    async def send_json(self, frame: dict) -> None:
+        await self.send(text_data=json.dumps(frame))
+
+    async def send_error(self, code: str, message: str, client_id: str | None = None, **extra) -> None:
+        frame = {"type": "error", "code": code, "message": message, **extra}
+        if client_id is not None:
+            frame["client_id"] = client_id
+        await self.send_json(frame)
+
+    # -- client frames --------------------------------------------------------------------------
+
+    async def on_send(self, frame: dict) -> None:
+        conversation_id = _field(frame, "conversation_id", int, type(None))
+        content = _field(frame, "content", str)
+        persona = _field(frame, "persona", str, type(None), optional=True)
+        message, reply = await database_sync_to_async(actions.do_send_message)(
+            self.user, conversation_id=conversation_id, content=content, persona_slug=persona
+        )
+        await self.accepted(frame, message, reply)
+
+    async def on_edit(self, frame: dict) -> None:
+        message_id = _message_id(frame)
+        content = _field(frame, "content", str)
+        message, reply = await database_sync_to_async(actions.do_edit_last)(
+            self.user, message_id, content
+        )
+        await self.accepted(frame, message, reply)
+
+    async def on_regenerate(self, frame: dict) -> None:
+        conversation_id = _field(frame, "conversation_id", int)
+        message, reply = await database_sync_to_async(actions.do_regenerate)(
+            self.user, conversation_id
+        )
+        await self.accepted(frame, message, reply)
+
+    async def on_stop(self, frame: dict) -> None:
+        reply = await database_sync_to_async(actions.do_stop)(self.user, _message_id(frame))
+        if reply.is_active:
+            # Its worker ends it and sends `done`: make sure this socket hears that (the catch-up
+            # covers a `done` sent before the socket joined the group).
+            await self.follow(reply.pk, self.following.get(reply.pk, len(reply.content)))
+        else:  # stopped while queued (no worker holds it), or already over
+            await self.finish(done_event(reply))
+
+    async def on_resume(self, frame: dict) -> None:
+        message_id = _message_id(frame)
+        offset = _field(frame, "offset", int)
+        if offset < 0:
+            raise ChatError("bad_frame", "`offset` cannot be negative.")
+        reply = await database_sync_to_async(actions.get_message)(self.user, message_id)
+        if reply.role != Message.Role.ASSISTANT:
+            raise ChatError("not_found", "No such reply.")
+        await self.follow(message_id, offset)
+
+    async def on_ping(self, frame: dict) -> None:
+        await self.send_json({"type": "pong"})
+
+    HANDLERS: dict[str, Callable[[ChatConsumer, dict], Awaitable[None]]] = {
+        "send": on_send,
+        "edit": on_edit,
+        "regenerate": on_regenerate,
+        "stop": on_stop,
+        "resume": on_resume,
+        "ping": on_ping,
+    }
+
+    async def accepted(self, frame: dict, message: Message, reply: Message) -> None:
+        title = await database_sync_to_async(lambda: reply.conversation.title)()
+        await self.send_json(
+            {
+                "type": "accepted",
+                "client_id": frame.get("client_id"),
+                "conversation_id": reply.conversation_id,
+                "title": title,
+                "user_message": {"id": message.pk, "content": message.content},
+                "assistant_message": {"id": reply.pk, "status": reply.status},
+            }
+        )
+        # The worker may have written some of it already: catching up from 0 covers that.
+        await self.follow(reply.pk, 0)
+
+    # -- following replies ----------------------------------------------------------------------
+
+    async def follow(self, message_id: int, offset: int) -> None:
+        """Relay reply `message_id` to this page, which has its first `offset` characters.
+
+        Subscribes before reading the database: text saved before the read comes from the read,
+        text saved after it comes as a delta, and `reply_delta` trims what overlaps."""
+        if message_id not in self.following and len(self.following) >= MAX_FOLLOWED:
+            raise ChatError("busy", "This page follows too many replies at once.")
+        if message_id not in self.following:
+            await self.channel_layer.group_add(group_name(message_id), self.channel_name)
+        self.following[message_id] = offset
+        reply = await database_sync_to_async(Message.objects.filter(pk=message_id).first)()
+        if reply is None:  # deleted meanwhile
+            await self.unfollow(message_id)
+            raise ChatError("not_found", "No such reply.")
+        if reply.is_active:
+            # An event that arrived during the read is handled after this: content from here on.
+            await self.reply_delta({"message_id": message_id, "offset": 0, "text": reply.content})
+        else:
+            await self.finish(done_event(reply))
+
+    async def finish(self, event: dict) -> None:
+        await self.send_json({**event, "type": "done"})
+        await self.unfollow(event["message_id"])
+
+    async def unfollow(self, message_id: int) -> None:
+        if self.following.pop(message_id, None) is not None:
+            await self.channel_layer.group_discard(group_name(message_id), self.channel_name)
+
+    # -- group events (chat.worker) -------------------------------------------------------------
+
+    async def reply_delta(self, event: dict) -> None:
+        message_id = event["message_id"]
+        have = self.following.get(message_id)
+        text, offset = event["text"], event["offset"]
+        if have is None or offset + len(text) <= have:
+            return  # not followed, or the page has all of it
+        if offset < have:
+            text, offset = text[have - offset :], have
+        # offset > have means a dropped frame: sent as is, so the page sees the gap and resumes.
+        self.following[message_id] = offset + len(text)
+        await self.send_json({"type": "delta", "message_id": message_id, "offset": offset, "text": text})
+
+    async def reply_done(self, event: dict) -> None:
+        if event["message_id"] in self.following:
+            await self.finish(event)
+
+    async def reply_queued(self, event: dict) -> None:
+        if event["message_id"] in self.following:
+            await self.send_json({**event, "type": "queued"})
+
+    async def reply_error(self, event: dict) -> None:
+        if event["message_id"] in self.following:
+            await self.send_json({**event, "type": "error"})

@@ -1,0 +1,30 @@
+"""`python manage.py run_inference_worker`: one inference worker process, until SIGTERM/SIGINT."""
+
+import logging
+import signal
+import threading
+
+from django.core.management.base import BaseCommand
+
+from chat.worker import Publisher, event_loop_thread, load_engine, serve
+
+log = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Load the model (GROK_* settings) and write queued replies until SIGTERM or SIGINT."
+
+    def handle(self, *args, **options) -> None:
+        stop = threading.Event()
+        # The first signal asks for a clean end: replies in hand get GROK_WORKER_DRAIN_SECONDS to
+        # finish and are all saved and acknowledged; queued jobs stay for the other workers.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        engine = load_engine()
+        log.info("worker ready: %s (demo: %s)", engine.model_name, engine.is_demo)
+        loop = event_loop_thread()
+        try:
+            serve(engine, Publisher(loop), stop)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+        log.info("worker stopped")

@@ -1,0 +1,175 @@
+"""Pages and the small JSON endpoints of the sidebar. The rules live in chat.actions."""
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from chat import actions, billing, plans, review
+from chat.actions import ChatError
+from chat.forms import SignupForm
+
+ERROR_STATUS = {"not_found": 404, "conflict": 409, "too_large": 413}
+
+
+@lru_cache
+def model_info(checkpoint: str) -> tuple[str, bool]:
+    """(model name, is it the noise-only demo model) from the checkpoint's config.json.
+
+    Read once per checkpoint path: the page needs it on every load and it never changes while
+    the server runs. A released checkpoint has no config.json and is the real Grok-1.
+    """
+    try:
+        config = json.loads((Path(checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    return str(config.get("model_name") or "Grok-1"), bool(config.get("demo", False))
+
+
+def error_response(error: ChatError) -> JsonResponse:
+    body = {"error": {"code": error.code, "message": error.message, **error.extra}}
+    return JsonResponse(body, status=ERROR_STATUS.get(error.code, 400))
+
+
+def posted_data(request: HttpRequest) -> dict:
+    """The POSTed fields: a JSON object from the page's fetch, or a form."""
+    if request.content_type != "application/json":
+        return request.POST
+    try:
+        data = json.loads(request.body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise ChatError("bad_json", "The body is not a JSON object.")
+    return data
+
+
+@login_required
+@require_GET
+def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpResponse:
+    conversation = None
+    if conversation_id is not None:
+        try:
+            conversation = actions.get_conversation(request.user, conversation_id)
+        except ChatError as error:
+            raise Http404(error.message) from None
+    personas = actions.personas_for(request.user)
+    if conversation is not None:
+        persona_slug = conversation.persona.slug
+    else:
+        persona_slug = next((p.slug for p in personas if p.allowed), None)
+    active = conversation.active_reply() if conversation is not None else None
+    model_name, is_demo = model_info(settings.GROK_CHECKPOINT)
+    context = {
+        "conversations": request.user.conversations.all(),
+        "conversation": conversation,
+        # Feedback prefetched: the page marks each reply with the user's thumbs up or down.
+        "messages": (
+            conversation.messages.prefetch_related("feedback") if conversation is not None else []
+        ),
+        "personas": personas,
+        "plan_status": plans.plan_status(request.user),
+        "model_name": model_name,
+        "is_demo": is_demo,
+        "chat_config": {
+            "conversationId": conversation.id if conversation is not None else None,
+            "wsPath": "/ws/chat/",
+            "maxMessageChars": settings.CHAT_MAX_MESSAGE_CHARS,
+            "persona": persona_slug,
+            "activeMessageId": active.id if active is not None else None,
+        },
+    }
+    return render(request, "chat/chat.html", context)
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if request.user.is_authenticated:
+        return redirect("chat")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        login(request, form.save())
+        return redirect("chat")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+@login_required
+@require_POST
+def conversation_rename(request: HttpRequest, conversation_id: int) -> JsonResponse:
+    """Takes the new title as JSON ({"title": ...}) from the page or as a form field."""
+    try:
+        title = posted_data(request).get("title")
+        conversation = actions.do_rename_conversation(request.user, conversation_id, title)
+    except ChatError as error:
+        return error_response(error)
+    return JsonResponse({"id": conversation.id, "title": conversation.title})
+
+
+@login_required
+@require_POST
+def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """Answers the page's fetch (Accept: application/json) with JSON, a form with a redirect."""
+    try:
+        actions.do_delete_conversation(request.user, conversation_id)
+    except ChatError as error:
+        return error_response(error)
+    if request.get_preferred_type(["text/html", "application/json"]) == "application/json":
+        return JsonResponse({"deleted": conversation_id})
+    return redirect("chat")
+
+
+@login_required
+@require_GET
+def conversation_search(request: HttpRequest) -> JsonResponse:
+    results = actions.search_conversations(request.user, request.GET.get("q", ""))
+    return JsonResponse({"results": results})
+
+
+@login_required
+@require_POST
+def message_feedback(request: HttpRequest, message_id: int) -> JsonResponse:
+    """Thumbs up or down on one of the user's replies: {"rating": "up"|"down", "comment": ...}
+    as JSON or a form; sending it again replaces it."""
+    try:
+        data = posted_data(request)
+        feedback = review.do_give_feedback(
+            request.user, message_id, data.get("rating"), data.get("comment", "")
+        )
+    except ChatError as error:
+        return error_response(error)
+    return JsonResponse(
+        {"message_id": message_id, "rating": feedback.rating, "comment": feedback.comment}
+    )
+
+
+# The caller is a billing provider's server, not a browser holding our session: there is no
+# CSRF token to check and no cookie to ride on. Each call is authenticated by its HMAC signature.
+@csrf_exempt
+@require_POST
+def billing_webhook(request: HttpRequest) -> JsonResponse:
+    try:
+        event, applied = billing.do_receive_webhook(
+            request.body,
+            timestamp=request.headers.get("X-Grokweb-Timestamp"),
+            sent_signature=request.headers.get("X-Grokweb-Signature"),
+        )
+    except billing.WebhookError as error:
+        return JsonResponse({"error": error.message}, status=error.status)
+    return JsonResponse(
+        {"event_id": event.event_id, "outcome": event.outcome, "duplicate": not applied}
+    )
+
+
+@staff_member_required
+@require_GET
+def staff_usage(request: HttpRequest) -> HttpResponse:
+    context = admin.site.each_context(request) | {"title": "Usage", "report": plans.usage_report()}
+    return render(request, "chat/staff_usage.html", context)

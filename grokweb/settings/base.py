@@ -1,0 +1,164 @@
+"""Settings shared by every mode, read from the environment.
+
+With no environment at all this runs the embedded default: SQLite, the in-memory channel layer,
+the inference worker in a thread of the web process and the tiny demo checkpoint under var/.
+`production.py` demands the real services; `test.py` trims for speed.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+VAR_DIR = Path(os.environ.get("GROKWEB_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+# Only the embedded default may fall back to a fixed key: production.py refuses to start without one.
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-embedded-default-key-change-me")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "grokweb.urls"
+ASGI_APPLICATION = "grokweb.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=60
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded worker thread writes while the web thread does: take the write lock up front
+    # and wait for it, instead of failing with "database is locked"; WAL lets readers go on.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL;",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "chat.User"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat"
+LOGOUT_REDIRECT_URL = "login"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("GROKWEB_TIME_ZONE", "UTC")  # quota days reset at midnight here
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+# The embedded default serves static files straight from the source folders (no collectstatic);
+# var/ must exist anyway for SQLite.
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # redis-py's defaults break under load: a 5 s socket timeout, which the layer's
+                # 5 s BZPOPMIN races ("Timeout reading"), and an asyncio pool that raises past
+                # 100 connections instead of waiting (hundreds of sockets joining groups at once).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 2000}],
+                "capacity": 1000,
+                "expiry": 30,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# The inference worker. With no REDIS_URL it runs in a thread of the web process.
+GROK_CHECKPOINT = os.environ.get("GROK_CHECKPOINT", str(VAR_DIR / "tiny"))
+GROK_QUANT = os.environ.get("GROK_QUANT", "int8")  # int8 | nf4 | none
+GROK_DEVICE = os.environ.get("GROK_DEVICE", "")  # "" = cuda when available, else cpu
+GROK_MAX_GPU_MEMORY = os.environ.get("GROK_MAX_GPU_MEMORY", "")
+GROK_MAX_CPU_MEMORY = os.environ.get("GROK_MAX_CPU_MEMORY", "")
+GROK_OFFLOAD_DIR = os.environ.get("GROK_OFFLOAD_DIR", "")
+GROK_MAX_BATCH = int(os.environ.get("GROK_MAX_BATCH", "8"))
+GROK_EMBEDDED_WORKER = env_bool("GROK_EMBEDDED_WORKER", not REDIS_URL)
+# Sampling defaults for every reply (recorded on it); a reply may use at most half the context.
+GROK_MAX_NEW_TOKENS = int(os.environ.get("GROK_MAX_NEW_TOKENS", "1024"))
+GROK_TEMPERATURE = float(os.environ.get("GROK_TEMPERATURE", "0.8"))
+GROK_TOP_P = float(os.environ.get("GROK_TOP_P", "0.95"))
+GROK_TOP_K = int(os.environ.get("GROK_TOP_K", "0"))  # 0 = off
+# Replies waiting or being written, across workers, beyond which a send is refused as `busy`.
+GROK_MAX_QUEUE = int(os.environ.get("GROK_MAX_QUEUE", "64"))
+# On SIGTERM a worker lets its replies finish for this long; the rest end as failed, text kept.
+GROK_WORKER_DRAIN_SECONDS = float(os.environ.get("GROK_WORKER_DRAIN_SECONDS", "15"))
+# A job whose worker has not shown a sign of life for this long (its worker died) is taken over
+# by another worker; live workers refresh theirs every third of it, however long a step takes.
+GROK_JOB_CLAIM_SECONDS = float(os.environ.get("GROK_JOB_CLAIM_SECONDS", "30"))
+# Workers that may start on one reply before it is marked failed (its text kept).
+GROK_JOB_MAX_ATTEMPTS = int(os.environ.get("GROK_JOB_MAX_ATTEMPTS", "3"))
+
+# Bounds on what one message may carry, enforced before anything is queued.
+CHAT_MAX_MESSAGE_CHARS = int(os.environ.get("GROKWEB_MAX_MESSAGE_CHARS", "16000"))
+
+# Shared secret of the billing webhook (docs/billing.md); empty = the webhook refuses every call.
+BILLING_WEBHOOK_SECRET = os.environ.get("GROKWEB_BILLING_WEBHOOK_SECRET", "")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("GROKWEB_LOG_LEVEL", "INFO")},
+}

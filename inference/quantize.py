@@ -1,0 +1,120 @@
+"""Quantization as a module swap.
+
+The model (inference/model.py) builds every projection as a plain `nn.Linear`. Here those
+modules are replaced, on the meta device, by the kind a quant mode uses; the loader then fills
+each one from the released int8 weight [out, in] and its bfloat16 group scales [G, out]:
+
+- "int8": `Int8Linear` keeps the released weight and scales and computes with them directly
+  (weight-only int8: the int8 weight is cast, not dequantised, and the scales are applied per
+  group after the matmul). Memory: 1 byte per parameter, as released.
+- "nf4": bitsandbytes `Linear4bit` (NormalFloat4), quantized from the dequantised weight when the
+  module is moved to its device. About 0.52 bytes per parameter.
+- "none": a float `nn.Linear` holding the dequantised weight, int8 * scales computed in the
+  activation dtype as the reference does (so rounded to bfloat16 in bfloat16).
+
+Scales split the input dimension into G equal groups: input row r uses scales[r // (in / G)].
+"""
+
+import torch
+from torch import Tensor, nn
+
+from inference.model import Grok, GrokConfig
+
+QUANT_MODES = ("int8", "nf4", "none")
+
+
+def scale_groups(name: str) -> int:
+    """Scale groups of a projection in the release: 8 for the attention output and the expert down projection."""
+    return 8 if name.endswith(("attn.linear", "linear_1")) else 1
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (weight * scales).T without materialising the float weight."""
+
+    def __init__(self, in_features: int, out_features: int, groups: int = 1, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=torch.int8, device=device), requires_grad=False
+        )  # [out, in]
+        self.scales = nn.Parameter(
+            torch.empty(groups, out_features, dtype=torch.bfloat16, device=device), requires_grad=False
+        )  # [G, out]
+
+    def forward(self, x: Tensor) -> Tensor:
+        groups = self.scales.shape[0]
+        xg = x.reshape(-1, groups, self.in_features // groups).transpose(0, 1)  # [G, N, in/G]
+        # int8 -> activation dtype is exact (|w| <= 128); the transposed view costs no copy in bmm.
+        w = self.weight.to(x.dtype).view(self.out_features, groups, -1).permute(1, 2, 0)  # [G, in/G, out]
+        y = torch.bmm(xg, w) * self.scales.to(x.dtype)[:, None, :]  # [G, N, out]
+        return y.sum(0).view(*x.shape[:-1], self.out_features)  # [..., out]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, groups={self.scales.shape[0]}"
+
+
+def dequantize(weight: Tensor, scales: Tensor, dtype: torch.dtype) -> Tensor:
+    """int8 [out, in] * bf16 scales [G, out] -> [out, in] in `dtype`.
+
+    The product is taken in `dtype`, as the reference does: rounded in bfloat16, exact in float32
+    (the golden float32 logits agree with the exact product to 3e-7, with a bf16-rounded one to 1e-3).
+    """
+    out_features, groups = weight.shape[0], scales.shape[0]
+    w = weight.view(out_features, groups, -1).to(dtype)  # [out, G, in/G]
+    return (w * scales.T[:, :, None].to(dtype)).view(out_features, -1)
+
+
+def _nf4_linear(in_features: int, out_features: int, dtype: torch.dtype, device=None) -> nn.Module:
+    import bitsandbytes as bnb  # imported lazily: slow to import, and only nf4 needs it
+
+    return bnb.nn.Linear4bit(
+        in_features, out_features, bias=False, compute_dtype=dtype, quant_type="nf4", device=device
+    )
+
+
+def empty_linear(name: str, in_features: int, out_features: int, quant: str, dtype: torch.dtype) -> nn.Module:
+    """A meta-device projection of the kind `quant` uses (weights come later)."""
+    if quant == "int8":
+        return Int8Linear(in_features, out_features, scale_groups(name), device="meta")
+    if quant == "nf4":
+        return _nf4_linear(in_features, out_features, dtype, device="meta")
+    if quant == "none":
+        return nn.Linear(in_features, out_features, bias=False, device="meta", dtype=dtype)
+    raise ValueError(f"unknown quant mode {quant!r}; choose one of {', '.join(QUANT_MODES)}")
+
+
+def build_linear(weight: Tensor, scales: Tensor, quant: str, dtype: torch.dtype, device: str | torch.device) -> nn.Module:
+    """The finished projection from a released int8 weight [out, in] and bf16 scales [G, out], on `device`."""
+    out_features, in_features = weight.shape
+    if quant == "int8":
+        module = Int8Linear(in_features, out_features, scales.shape[0], device="meta")
+        module.weight = nn.Parameter(weight.to(device), requires_grad=False)
+        module.scales = nn.Parameter(scales.to(device), requires_grad=False)
+        return module
+    if quant == "none":
+        module = nn.Linear(in_features, out_features, bias=False, device="meta", dtype=dtype)
+        module.weight = nn.Parameter(dequantize(weight, scales, dtype).to(device), requires_grad=False)
+        return module
+    if quant == "nf4":
+        import bitsandbytes as bnb
+
+        module = _nf4_linear(in_features, out_features, dtype, device="meta")
+        module.weight = bnb.nn.Params4bit(dequantize(weight, scales, dtype), requires_grad=False, quant_type="nf4")
+        return module.to(device)  # bitsandbytes quantizes when the weight is moved to its device
+    raise ValueError(f"unknown quant mode {quant!r}; choose one of {', '.join(QUANT_MODES)}")
+
+
+def swap_linears(model: nn.Module, quant: str, dtype: torch.dtype) -> nn.Module:
+    """Replace every plain nn.Linear of a meta-device model by an empty module of the `quant` kind."""
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.Linear:
+            model.set_submodule(name, empty_linear(name, module.in_features, module.out_features, quant, dtype))
+    return model
+
+
+def meta_model(config: GrokConfig, quant: str, dtype: torch.dtype) -> Grok:
+    """The model skeleton on the meta device as `quant` lays it out in memory: sizes are exact, no weights."""
+    with torch.device("meta"):
+        model = Grok(config)
+    model.embed.to(dtype)  # the embedding's dtype is the activation dtype
+    return swap_linears(model, quant, dtype).requires_grad_(False).eval()

@@ -1,0 +1,173 @@
+"""Recovery and bounds: jobs of dead workers claimed, heartbeats, the retry limit, a reply
+continued after its saved text, the embedded worker's start, the server's cap on new tokens;
+then faults on the real stack, fast: a worker killed mid-reply, Redis restarted mid-reply (the
+benches' scenarios, bench/fault_*.py; these check what they report)."""
+
+import asyncio
+import time
+
+import pytest
+from channels.db import database_sync_to_async
+
+from bench.fault_kill_worker import CLAIM_SECONDS, kill_worker_mid_reply
+from bench.fault_restart_redis import restart_redis_mid_reply
+from chat import jobs
+from chat.models import Message
+from chat.worker import Replies, recover_replies
+from inference.worker import Update
+from tests.stack import RedisServer
+from tests.test_production import committed_db, cookie, redis_db, stack  # noqa: F401
+from tests.worker_fixtures import engine, tiny_checkpoint, tiny_engine  # noqa: F401
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def saved(reply_id: int) -> Message:
+    return Message.objects.get(pk=reply_id)
+
+
+# -- the queue and the worker's side, without the stack -------------------------------------------
+
+
+@pytest.mark.production
+def test_a_silent_workers_jobs_are_claimed_with_their_attempt_and_a_beating_ones_are_not(private_redis):
+    alive, dead, other = (jobs.RedisQueue(private_redis.url, 8, claim_seconds=0.3) for _ in range(3))
+    alive.consumer, dead.consumer, other.consumer = "alive", "dead", "other"
+    alive.take(1, 0)  # makes the group
+    alive.put(1)
+    dead.put(2)
+    (held,) = alive.take(1, 0.05)
+    (lost,) = dead.take(1, 0.05)
+    for _ in range(4):  # alive beats every 0.1 s; dead is silent
+        time.sleep(0.1)
+        alive.heartbeat([held])
+    claimed = other.take(4, 0.05)
+    assert [(j.message_id, j.attempt) for j in claimed] == [(2, 2)] and claimed[0].token == lost.token
+    assert other.take(4, 0.05) == []  # just claimed: idle again only after the claim time
+    time.sleep(0.4)
+    assert [(j.message_id, j.attempt) for j in other.take(4, 0.05)] == [(1, 2), (2, 3)]
+
+
+@pytest.mark.production
+def test_a_stream_made_afresh_gets_the_replies_the_database_has_queued(private_redis):
+    queue = jobs.RedisQueue(private_redis.url, 8, refill=lambda: [7, 8])
+    assert [j.message_id for j in queue.take(4, 0.05)] == [7, 8]
+    queue.redis.flushdb()  # Redis came back empty
+    queue.put(9)
+    assert [j.message_id for j in queue.take(4, 0.05)] == [9, 7, 8]
+
+
+class Taken:
+    """A queue handing out given jobs once, recording acks."""
+
+    def __init__(self, *given):
+        self.given, self.acked = list(given), []
+
+    def take(self, max_jobs, timeout):
+        given, self.given = self.given, []
+        return given
+
+    def ack(self, job):
+        self.acked.append(job)
+
+
+def streaming_reply(conversation_factory, user_factory, content="Once upon a time"):
+    conversation = conversation_factory(user_factory("ann"), [("user", "Tell me a story")], persona="regular")
+    return conversation.messages.create(
+        role="assistant", status="streaming", content=content, completion_tokens=5,
+        sampling={"max_new_tokens": 40, "seed": 3, "temperature": 0.8, "top_p": 0.95},
+    )
+
+
+def test_a_taken_over_reply_continues_after_its_saved_text(
+    committed_db, engine, conversation_factory, user_factory
+):  # noqa: F811
+    reply = streaming_reply(conversation_factory, user_factory)
+    sent = []
+    replies = Replies(engine, Taken(jobs.Job(reply.pk, "1-0", attempt=2)), sent.extend)
+    (request,) = replies.take(4, 0)
+    written = engine.tokenizer.encode(" Once upon a time")
+    assert request.prompt_ids[-len(written):] == written
+    assert request.params.max_new_tokens == 40 - len(written) and request.params.seed == 3
+    replies.deliver([Update(request.id, " there was", "stop", "", 30, 2, 0.1, 1.0)])
+    reply.refresh_from_db()
+    assert (reply.status, reply.content, reply.completion_tokens) == ("done", "Once upon a time there was", 7)
+    delta = next(event for _, event in sent if event["type"] == "reply.delta")
+    assert (delta["offset"], delta["text"]) == (len("Once upon a time"), " there was")
+
+
+def test_past_the_attempt_limit_a_reply_fails_with_its_text_kept(
+    committed_db, engine, settings, conversation_factory, user_factory
+):  # noqa: F811
+    settings.GROK_JOB_MAX_ATTEMPTS = 3
+    reply = streaming_reply(conversation_factory, user_factory)
+    queue, sent = Taken(jobs.Job(reply.pk, "1-0", attempt=4)), []
+    assert Replies(engine, queue, sent.extend).take(4, 0) == []
+    reply.refresh_from_db()
+    assert (reply.status, reply.content) == ("failed", "Once upon a time") and "4" not in reply.error
+    assert [event["type"] for _, event in sent] == ["reply.error", "reply.done"]
+    assert sent[0][1]["code"] == "failed" and queue.acked
+
+
+def test_the_embedded_worker_requeues_queued_replies_and_fails_streaming_ones_keeping_text(
+    committed_db, conversation_factory, user_factory
+):
+    reply = streaming_reply(conversation_factory, user_factory)
+    waiting = conversation_factory(user_factory("bob"), [("user", "Hi")]).messages.create(
+        role="assistant", status="queued"
+    )
+    queue = jobs.LocalQueue(8)
+    events = recover_replies(queue)
+    assert [j.message_id for j in queue.take(8, 0)] == [waiting.pk]
+    reply.refresh_from_db()
+    assert (reply.status, reply.content) == ("failed", "Once upon a time") and reply.error
+    assert [event["type"] for _, event in events] == ["reply.error", "reply.done"]
+
+
+def test_the_servers_cap_on_new_tokens_bounds_what_a_plan_or_request_asks(
+    committed_db, engine, settings, conversation_factory, user_factory
+):  # noqa: F811
+    settings.GROK_MAX_NEW_TOKENS = 24
+    conversation = conversation_factory(user_factory("ann"), [("user", "Hi")], persona="regular")
+    reply = conversation.messages.create(role="assistant", status="queued", sampling={"max_new_tokens": 2048})
+    (request,) = Replies(engine, Taken(jobs.Job(reply.pk, "")), list).take(4, 0)
+    assert request.params.max_new_tokens == 24
+    engine.add(request)  # leaves the engine with the fixture's cleanup
+
+
+# -- faults on the whole stack ----------------------------------------------------------------
+
+
+@pytest.mark.production
+async def test_a_killed_workers_reply_is_taken_over_and_finished(stack, cookie, private_redis):  # noqa: F811
+    s = await asyncio.to_thread(
+        stack, REDIS_URL=private_redis.url, GROK_MAX_NEW_TOKENS="120", GROK_JOB_CLAIM_SECONDS=CLAIM_SECONDS
+    )
+    result = await kill_worker_mid_reply(s, cookie)
+    done = result["done"]
+    reply = await database_sync_to_async(saved)(done["message_id"])
+    assert result["taken_over"] and done["status"] == reply.status == "done", (done, s.log(result["finished_by"]))
+    # Continued after what the page had been shown, and the page shows exactly what is saved.
+    assert result["text_before_kill"] and reply.content.startswith(result["text_before_kill"])
+    assert result["page_text"] == done["content"] == reply.content
+    assert 0 < reply.completion_tokens <= 120
+    assert float(CLAIM_SECONDS) <= result["seconds_to_more_text"] < 20
+    assert result["pending_after"] == 0  # acknowledged once saved
+
+
+@pytest.mark.production
+async def test_redis_restarting_mid_reply_tells_the_page_and_loses_nothing(stack, cookie, private_redis):  # noqa: F811
+    s = await asyncio.to_thread(stack, REDIS_URL=private_redis.url, GROK_MAX_NEW_TOKENS="300")
+    result = await restart_redis_mid_reply(s, private_redis, cookie)
+    assert "unavailable" in [e["code"] for e in result["errors"]] and result["close_code"] == 4503
+    assert result["outage_frame"]["code"] == "unavailable"
+    done = result["done"]
+    reply = await database_sync_to_async(saved)(done["message_id"])
+    assert done["status"] == reply.status == "done", (done, s.log("worker"))
+    assert done["content"] == reply.content and reply.content.startswith(result["page_text"])
+    assert result["retry_done"]["status"] == "done"

@@ -1,0 +1,260 @@
+"""inference/worker.py with the real tiny engine: batching, flushing, cancels, failures, drain."""
+
+import threading
+import time
+
+import pytest
+
+from inference.engine import Request, SamplingParams
+from inference.worker import STOPPED_ERROR, Worker
+from tests.worker_fixtures import MAX_BATCH, engine, tiny_checkpoint, tiny_engine  # noqa: F401
+
+FLUSH = 0.04
+
+
+class Source:
+    """Hands out the requests put in it; cancels on demand."""
+
+    def __init__(self):
+        self.pending: list[Request] = []
+        self.cancels: set[str] = set()
+
+    def take(self, max_jobs, timeout):
+        taken, self.pending = self.pending[:max_jobs], self.pending[max_jobs:]
+        return taken
+
+    def cancelled(self, request_ids):
+        return self.cancels & set(request_ids)
+
+
+class Sink:
+    """Records every delivery with its time; can be told to fail the next calls."""
+
+    def __init__(self):
+        self.deliveries: list[tuple[float, list]] = []
+        self.positions: list[dict] = []
+        self.fail_next = 0
+
+    def deliver(self, updates):
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("database away")
+        self.deliveries.append((time.monotonic(), updates))
+
+    def queued(self, positions):
+        self.positions.append(positions)
+
+    def updates(self, request_id):
+        return [u for _, batch in self.deliveries for u in batch if u.request_id == request_id]
+
+    def final(self, request_id):
+        finished = [u for u in self.updates(request_id) if u.finish_reason is not None]
+        assert len(finished) == 1, finished
+        return finished[0]
+
+
+def request(engine, request_id, max_new_tokens=24, seed=None, text="User: Hello\n\nGrok:"):
+    return Request(
+        request_id,
+        engine.tokenizer.encode(text),
+        SamplingParams(seed=seed if seed is not None else int(request_id), max_new_tokens=max_new_tokens),
+    )
+
+
+def run_until(worker, done=None, timeout=20.0):
+    """Tick until `done()`; by default until every job is taken and delivered to its end."""
+    done = done or (lambda: not worker.source.pending and not worker.replies)
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the worker did not get there in time"
+        worker.tick()
+
+
+def alone(engine, req):
+    """What the engine writes for `req` on its own."""
+    return "".join(d.text for d in engine.generate(req.prompt_ids, req.params))
+
+
+def test_batched_replies_match_their_solo_runs_and_arrive_in_batches(engine):
+    source, sink = Source(), Sink()
+    requests = [request(engine, str(i)) for i in range(MAX_BATCH + 1)]  # one more than the slots
+    source.pending = list(requests)
+    worker = Worker(engine, source, sink, max_jobs=2 * MAX_BATCH, flush_interval=FLUSH)
+    run_until(worker)
+
+    for req in requests:
+        final = sink.final(req.id)
+        assert final.finish_reason in {"length", "stop"}
+        assert final.text == alone(engine, req)  # batching changed nothing, dropped nothing
+        assert final.completion_tokens <= 24 and final.prompt_tokens == len(req.prompt_ids)
+        assert final.duration >= final.time_to_first_token > 0
+    # The one beyond the batch waited first in line, and was told so.
+    assert {str(MAX_BATCH): 1} in sink.positions
+    # Deliveries are spaced by the flush interval (the last may come early: the engine went idle).
+    times = [t for t, _ in sink.deliveries]
+    assert all(b - a >= FLUSH * 0.9 for a, b in zip(times, times[1:-1]))
+
+
+def test_fast_steps_are_gathered_into_one_delivery_per_interval(engine):
+    """With steps of 10 ms (on a clock the test drives), a delivery carries about 4 steps' text."""
+
+    class Timed:
+        def __init__(self, engine):
+            self.engine, self.now, self.steps = engine, 0.0, 0
+
+        def __getattr__(self, name):
+            return getattr(self.engine, name)
+
+        def step(self):
+            self.now += 0.01
+            self.steps += 1
+            return self.engine.step()
+
+    timed = Timed(engine)
+    source, sink = Source(), Sink()
+    source.pending = [request(engine, "1", max_new_tokens=60)]
+    worker = Worker(timed, source, sink, max_jobs=4, flush_interval=FLUSH, clock=lambda: timed.now)
+    run_until(worker)
+    assert len(sink.deliveries) <= timed.steps / 3
+    assert sink.final("1").completion_tokens == 60 or sink.final("1").finish_reason == "stop"
+
+
+def test_a_new_job_joins_the_running_batch(engine):
+    source, sink = Source(), Sink()
+    source.pending = [request(engine, "1", max_new_tokens=60)]
+    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    run_until(worker, lambda: any(u.text for u in sink.updates("1")))
+    source.pending = [request(engine, "2", max_new_tokens=8)]
+    run_until(worker)
+    # The short one, added mid-way, ended while the long one was still being written.
+    first_end = next(i for i, (_, b) in enumerate(sink.deliveries) if any(u.finish_reason for u in b))
+    assert [u.request_id for u in sink.deliveries[first_end][1] if u.finish_reason] == ["2"]
+
+
+def test_cancel_ends_a_reply_promptly_keeping_its_text(engine):
+    source, sink = Source(), Sink()
+    source.pending = [request(engine, "1", max_new_tokens=400)]
+    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    run_until(worker, lambda: len(sink.updates("1")) >= 2)
+    source.cancels.add("1")
+    started = time.monotonic()
+    run_until(worker)
+    assert time.monotonic() - started < 1.0
+    final = sink.final("1")
+    assert final.finish_reason == "cancelled" and not final.error
+    assert final.text and final.text.startswith(sink.updates("1")[-2].text)
+    assert final.completion_tokens < 400
+
+
+def test_a_failing_request_fails_alone(engine):
+    source, sink = Source(), Sink()
+    too_long = Request("bad", [5] * 600, SamplingParams(max_new_tokens=4))  # context is 512
+    source.pending = [too_long, request(engine, "1", max_new_tokens=8)]
+    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    run_until(worker)
+    bad = sink.final("bad")
+    assert bad.finish_reason == "error" and "512" in bad.error
+    assert sink.final("1").finish_reason in {"length", "stop"}
+
+
+def test_a_failing_step_fails_its_batch_and_the_loop_goes_on(engine):
+    class Flaky:
+        """The real engine, whose next step raises once."""
+
+        def __init__(self, engine):
+            self.engine, self.explode = engine, False
+
+        def __getattr__(self, name):
+            return getattr(self.engine, name)
+
+        def step(self):
+            if self.explode:
+                self.explode = False
+                raise RuntimeError("CUDA out of memory")
+            return self.engine.step()
+
+    flaky = Flaky(engine)
+    source, sink = Source(), Sink()
+    source.pending = [request(engine, "1", max_new_tokens=200)]
+    worker = Worker(flaky, source, sink, max_jobs=4, flush_interval=FLUSH)
+    run_until(worker, lambda: any(u.text for u in sink.updates("1")))
+    flaky.explode = True
+    run_until(worker)
+    failed = sink.final("1")
+    assert failed.finish_reason == "error" and "CUDA out of memory" in failed.error
+    assert failed.text  # what was written stays
+    source.pending = [request(engine, "2", max_new_tokens=8)]
+    run_until(worker, lambda: not source.pending and not worker.replies and not engine.has_work())
+    assert sink.final("2").finish_reason in {"length", "stop"}
+
+
+def test_text_is_kept_for_the_next_delivery_when_the_sink_fails(engine):
+    source, sink = Source(), Sink()
+    req = request(engine, "1", max_new_tokens=30)
+    source.pending = [req]
+    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    run_until(worker, lambda: any(u.text for u in sink.updates("1")))
+    sink.fail_next = 2
+    run_until(worker)
+    assert sink.final("1").text == alone(engine, req)
+
+
+def test_replies_in_hand_go_on_while_the_job_source_is_away(engine):
+    class Flaky(Source):
+        def __init__(self):
+            super().__init__()
+            self.away = False
+
+        def take(self, max_jobs, timeout):
+            if self.away:
+                raise ConnectionError("redis away")
+            return super().take(max_jobs, timeout)
+
+        def cancelled(self, request_ids):
+            if self.away:
+                raise ConnectionError("redis away")
+            return super().cancelled(request_ids)
+
+    source, sink = Flaky(), Sink()
+    req = request(engine, "1", max_new_tokens=30)
+    source.pending = [req]
+    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    run_until(worker, lambda: "1" in worker.replies)
+    source.away = True
+    run_until(worker)
+    assert sink.final("1").text == alone(engine, req)
+    source.away = False
+    source.pending = [request(engine, "2", max_new_tokens=4)]
+    run_until(worker)  # taken again once the source is back (after its retry pause)
+    assert sink.final("2").finish_reason in {"length", "stop"}
+
+
+def test_stop_drains_then_fails_what_is_left(engine):
+    source, sink = Source(), Sink()
+    source.pending = [request(engine, "1", max_new_tokens=400)]
+    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"drain_timeout": 0.2})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not any(u.text for u in sink.updates("1")):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    final = sink.final("1")
+    assert final.error == STOPPED_ERROR and final.text
+    assert not worker.replies
+
+
+@pytest.mark.parametrize("interval", [0.02, 0.05])
+def test_flush_interval_is_respected(engine, interval):
+    source, sink = Source(), Sink()
+    source.pending = [request(engine, "1", max_new_tokens=60)]
+    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=interval)
+    run_until(worker)
+    times = [t for t, _ in sink.deliveries]
+    assert all(b - a >= interval * 0.9 for a, b in zip(times, times[1:-1]))
