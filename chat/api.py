@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Min
 from django.utils import timezone
 
 from chat import actions, plans
 from chat.actions import ChatError
+from chat.context_processors import model_info
 from chat.models import ApiKey, Conversation, Message, Persona, PersonaVersion, User
 from chat.worker import done_event, group_name
 
@@ -39,6 +41,7 @@ from chat.worker import done_event, group_name
 # part of the API, so clients can hard-code them: change them only with a note in docs/api.md.
 MODEL_BASE = "grok-1"
 DEFAULT_PERSONA = "grok"
+DEMO_DESCRIPTION = "grokweb's tiny demo model: random weights, its output is noise"
 
 KEY_PREFIX = "gw-"
 KEY_DISPLAY_CHARS = 10  # "gw-" and 7 characters of the secret: enough to tell keys apart
@@ -179,7 +182,9 @@ def model_id(persona: Persona) -> str:
 
 
 def list_models(user: User) -> dict:
-    """The `GET /v1/models` body: one model per persona the user's plan allows."""
+    """The `GET /v1/models` body: one model per persona the user's plan allows. Over the demo
+    model each says, in a field clients ignore, that its text is noise."""
+    is_demo = model_info(settings.GROK_CHECKPOINT)[1]
     personas = [persona for persona in actions.personas_for(user) if persona.allowed]
     created = dict(
         PersonaVersion.objects.filter(persona__in=personas)
@@ -195,6 +200,7 @@ def list_models(user: User) -> dict:
                 "object": "model",
                 "created": int(created[persona.pk].timestamp()) if persona.pk in created else 0,
                 "owned_by": "grokweb",
+                **({"description": DEMO_DESCRIPTION} if is_demo else {}),
             }
             for persona in personas
         ],

@@ -1,8 +1,6 @@
 """Pages and the small JSON endpoints of the sidebar. The rules live in chat.actions."""
 
 import json
-from functools import lru_cache
-from pathlib import Path
 
 from django.conf import settings
 from django.contrib import admin
@@ -19,20 +17,6 @@ from chat.actions import ChatError
 from chat.forms import SignupForm
 
 ERROR_STATUS = {"not_found": 404, "conflict": 409, "too_large": 413}
-
-
-@lru_cache
-def model_info(checkpoint: str) -> tuple[str, bool]:
-    """(model name, is it the noise-only demo model) from the checkpoint's config.json.
-
-    Read once per checkpoint path: the page needs it on every load and it never changes while
-    the server runs. A released checkpoint has no config.json and is the real Grok-1.
-    """
-    try:
-        config = json.loads((Path(checkpoint) / "config.json").read_text())
-    except (OSError, ValueError):
-        config = {}
-    return str(config.get("model_name") or "Grok-1"), bool(config.get("demo", False))
 
 
 def error_response(error: ChatError) -> JsonResponse:
@@ -68,7 +52,6 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
     else:
         persona_slug = next((p.slug for p in personas if p.allowed), None)
     active = conversation.active_reply() if conversation is not None else None
-    model_name, is_demo = model_info(settings.GROK_CHECKPOINT)
     context = {
         "conversations": request.user.conversations.all(),
         "conversation": conversation,
@@ -78,8 +61,6 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
         ),
         "personas": personas,
         "plan_status": plans.plan_status(request.user),
-        "model_name": model_name,
-        "is_demo": is_demo,
         "chat_config": {
             "conversationId": conversation.id if conversation is not None else None,
             "wsPath": "/ws/chat/",

@@ -1,6 +1,12 @@
 """Fixtures and factories shared by the whole suite."""
 
+import os
+from pathlib import Path
+
 import pytest
+
+from tests import stack
+from tests.browser import chromium
 
 
 @pytest.fixture
@@ -66,3 +72,132 @@ def api_key_factory(db):
         return do_create_api_key(user, name)[1]
 
     return make
+
+
+# -- the tiny model -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The seeded demo checkpoint `make-tiny` builds (converted format, with tokenizer.model),
+    built once for the session."""
+    from inference.tiny import make_tiny
+
+    dst = tmp_path_factory.mktemp("tiny") / "grok-1-tiny"
+    make_tiny(dst, seed=0)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_checkpoint):
+    """One Engine with two slots over the tiny checkpoint for the session; left with no work by
+    every test that takes it as `engine`."""
+    import torch
+
+    from inference.engine import Engine
+
+    # Two cores shared by parallel suites: more torch threads only make the tiny model contend.
+    torch.set_num_threads(1)
+    return Engine(tiny_checkpoint, quant="none", max_batch=2, max_seq_len=512)
+
+
+@pytest.fixture
+def engine(tiny_engine):
+    yield tiny_engine
+    for request_id in [*tiny_engine.queued(), *(s.request.id for s in tiny_engine.slots if s)]:
+        tiny_engine.cancel(request_id)
+    while tiny_engine.has_work():
+        tiny_engine.step()
+
+
+# -- the production path: PostgreSQL, Redis and processes -------------------------------------------
+
+
+@pytest.fixture
+def committed_db(transactional_db, django_db_serialized_rollback):
+    """Committed data, which other processes can see; seeded personas and plans come back."""
+
+
+@pytest.fixture
+def redis_db():
+    """A client of the test Redis database (GROKWEB_TEST_REDIS_URL), flushed before and after."""
+    import redis
+
+    client = redis.Redis.from_url(stack.TEST_REDIS_URL, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of the test's own, which it may stop and start."""
+    server = stack.RedisServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def production_stack(committed_db, redis_db, tiny_checkpoint, tmp_path, settings):
+    """production_stack(**env) -> a running Stack (Daphne and a worker process, production
+    settings, this test's database), on the test Redis unless `env` names another; stopped
+    (then killed if need be) after the test."""
+    import redis
+
+    from chat import jobs
+
+    db = settings.DATABASES["default"]  # the test database pytest-django made
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    started = []
+
+    def make(**env: str) -> stack.Stack:
+        s = stack.Stack(
+            tmp_path,
+            tiny_checkpoint,
+            DJANGO_SETTINGS_MODULE="grokweb.settings.production",
+            DJANGO_SECRET_KEY=settings.SECRET_KEY,  # sessions made here must verify there
+            DATABASE_URL=f"postgres://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
+            **{"REDIS_URL": stack.TEST_REDIS_URL, **env},
+        )
+        started.append(s)
+        # The worker makes the consumer group on its first look at the queue.
+        client = redis.Redis.from_url(s.env["REDIS_URL"], decode_responses=True)
+        s.wait_ready(lambda: any(g["name"] == jobs.GROUP for g in client.xinfo_groups(jobs.STREAM)))
+        client.close()
+        return s
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def cookie(committed_db, user_factory) -> str:
+    """The Cookie header of a logged-in user, ann, for a websocket client."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user_factory("ann"))
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tmp_path_factory, tiny_checkpoint):
+    """Daphne in the embedded default mode over the tiny model, for the session; replies of at
+    most 400 new tokens keep the browser tests bounded."""
+    server = stack.EmbeddedServer(
+        tmp_path_factory.mktemp("embedded-var"), tiny_checkpoint,
+        GROK_MAX_NEW_TOKENS=os.environ.get("GROK_MAX_NEW_TOKENS", "400"),
+    )
+    yield server
+    server.stop()
+
+
+# Module scope: Playwright's sync API keeps an event loop running in this thread while it is
+# open, and later tests that call asyncio.run() must not find it.
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium driven by Playwright."""
+    with chromium() as instance:
+        yield instance

@@ -1,6 +1,7 @@
-"""The whole stack as processes: Daphne, worker processes, a private Redis, and a websocket client
-that behaves like the chat page. Shared by tests/test_production.py, tests/test_recovery.py and
-the benches under bench/ (which import it with the repository root on sys.path).
+"""The whole stack as processes: Daphne in the embedded mode, or Daphne with worker processes and
+a private Redis, and a websocket client that behaves like the chat page. Shared by the tests'
+fixtures (tests/conftest.py) and the benches under bench/ (which import it with the repository
+root on sys.path).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,14 +21,82 @@ import redis
 from websockets.asyncio.client import connect as ws_connect
 
 ROOT = Path(__file__).resolve().parents[1]
-STARTUP = 60  # seconds for Daphne and the worker to come up on a busy machine
+STARTUP = 120  # seconds for Daphne and the worker to come up on a busy machine
 TIMEOUT = 20  # seconds for any one frame
+# The tests' Redis database, flushed by them (a private redis-server where a test stops it).
+TEST_REDIS_URL = os.environ.get("GROKWEB_TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def manage(env: dict, *args: str, timeout: float = 300) -> str:
+    """Run `manage.py` with `args` in `env`; its output. Fails the caller if it fails."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+class EmbeddedServer:
+    """Daphne in the embedded default mode, as `make run` starts it: SQLite in `var_dir`, the
+    in-memory channel layer, the inference worker in a thread. `env` comes on top."""
+
+    def __init__(self, var_dir: Path, checkpoint: Path, **env: str) -> None:
+        self.env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in {"DATABASE_URL", "REDIS_URL", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS"}
+        }
+        self.env.update(
+            DJANGO_SETTINGS_MODULE="grokweb.settings.base",
+            GROKWEB_VAR_DIR=str(var_dir),
+            GROK_CHECKPOINT=str(checkpoint),
+            GROK_EMBEDDED_WORKER="1",
+            GROKWEB_LOG_LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+            **env,
+        )
+        manage(self.env, "migrate", "--noinput")
+        manage(self.env, "collectstatic", "--noinput")  # WhiteNoise serves the collected copies
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = var_dir / "daphne.log"
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "grokweb.asgi:application"],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + STARTUP
+        while not self._answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("Daphne did not start:\n" + self.log.read_text(errors="replace")[-5000:])
+            time.sleep(0.3)
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/accounts/login/", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def shell(self, code: str, **data) -> str:
+        """Run Python in the server's environment (same SQLite database); `data` as JSON in
+        GW_DATA, so no quoting games."""
+        return manage(dict(self.env, GW_DATA=json.dumps(data)), "shell", "-c", code, timeout=120).strip()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
 
 class RedisServer:

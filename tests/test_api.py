@@ -1,7 +1,7 @@
 """The OpenAI-compatible API (chat/api.py, docs/api.md).
 
 Rules and pages run over the pytest-django database. The endpoints run against a real server:
-`grok_server` (imported from tests/test_browser.py for now) is Daphne in the embedded mode,
+`embedded_server` (tests/conftest.py) is Daphne in the embedded mode,
 with the inference worker in a thread, the tiny model and SQLite; the official `openai` package
 is the client, plus raw HTTP (httpx2) for the error shapes and the SSE bytes. Users, plans and
 keys on that server are made through `manage.py`.
@@ -25,7 +25,7 @@ from chat.actions import ChatError
 from chat.api import ApiError
 from chat.models import ApiKey, Conversation, Message
 from chat.worker import Replies
-from tests.test_browser import grok_server, manage, tiny_checkpoint_dir  # noqa: F401
+from tests.stack import manage
 
 PASSWORD = "a-Strong-pass-42"
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -163,6 +163,21 @@ def test_models_and_quotas_follow_the_plan(user_factory, subscribe, job_calls):
     assert Conversation.objects.filter(owner=ann).count() == 2  # the refused one left nothing
 
 
+def test_over_the_demo_model_the_models_list_and_keys_page_say_its_text_is_noise(
+    user_factory, settings, tmp_path
+):
+    client = Client()
+    client.force_login(ann := user_factory("ann"))
+    for demo in (True, False):
+        checkpoint = tmp_path / str(demo)
+        checkpoint.mkdir()
+        (checkpoint / "config.json").write_text(json.dumps({"model_name": "m", "demo": demo}))
+        settings.GROK_CHECKPOINT = str(checkpoint)
+        (model,) = api.list_models(ann)["data"]
+        assert model.get("description") == (api.DEMO_DESCRIPTION if demo else None)
+        assert ("random noise" in client.get("/settings/api-keys/").content.decode()) == demo
+
+
 def test_a_daily_limit_retries_after_midnight():
     resets_at = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
     error = api.api_error(ChatError("quota", "All used.", resets_at=resets_at.isoformat(), upgrade=[]))
@@ -274,18 +289,13 @@ print(json.dumps({
 """
 
 
-@pytest.fixture(scope="module")
-def server(grok_server):
-    return grok_server
-
-
 @pytest.fixture
-def new_user(server):
+def new_user(embedded_server):
     """new_user(plan=None) -> (username, API key) of a fresh user on the server."""
 
     def make(plan: str | None = None) -> tuple[str, str]:
         username = "api" + uuid.uuid4().hex[:8]
-        return username, django_shell(server, NEW_USER, username=username, password=PASSWORD, plan=plan)
+        return username, django_shell(embedded_server, NEW_USER, username=username, password=PASSWORD, plan=plan)
 
     return make
 
@@ -306,16 +316,17 @@ def post(server, body: dict | bytes, key: str | None) -> httpx.Response:
     )
 
 
-def test_models_list_per_plan(server, new_user):
+def test_models_list_per_plan(embedded_server, new_user):
     _, free_key = new_user()
     _, premium_key = new_user("premium")
-    assert [m.id for m in client_for(server, free_key).models.list()] == ["grok-1:regular"]
-    models = client_for(server, premium_key).models.list()
+    assert [m.id for m in client_for(embedded_server, free_key).models.list()] == ["grok-1:regular"]
+    models = client_for(embedded_server, premium_key).models.list()
     assert [m.id for m in models] == ["grok-1", "grok-1:regular"]
     assert all(m.object == "model" and m.owned_by == "grokweb" for m in models)
+    assert all(m.to_dict()["description"] == api.DEMO_DESCRIPTION for m in models)  # the tiny model
 
 
-def test_a_completion_is_a_stored_api_conversation_seen_by_its_user(server, new_user):
+def test_a_completion_is_a_stored_api_conversation_seen_by_its_user(embedded_server, new_user):
     username, key = new_user()
     messages = [
         {"role": "system", "content": "Answer in rhyme."},
@@ -323,7 +334,7 @@ def test_a_completion_is_a_stored_api_conversation_seen_by_its_user(server, new_
         {"role": "assistant", "content": "Blue."},
         {"role": "user", "content": "Another one"},
     ]
-    completion = client_for(server, key).chat.completions.create(
+    completion = client_for(embedded_server, key).chat.completions.create(
         model="grok-1:regular", messages=messages, max_tokens=12, seed=3
     )
     assert completion.object == "chat.completion" and completion.model == "grok-1:regular"
@@ -334,7 +345,7 @@ def test_a_completion_is_a_stored_api_conversation_seen_by_its_user(server, new_
     assert 0 < usage.completion_tokens <= 12 and usage.prompt_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
-    stored = reply_of(server, completion.id)
+    stored = reply_of(embedded_server, completion.id)
     assert stored["status"] == "done" and stored["content"] == choice.message.content
     assert (stored["source"], stored["owner"], stored["title"]) == ("api", username, "Name a colour")
     assert stored["turns"] == [
@@ -345,7 +356,7 @@ def test_a_completion_is_a_stored_api_conversation_seen_by_its_user(server, new_
     assert stored["charged"] and stored["completion_tokens"] == usage.completion_tokens
 
     # The user finds it in the chat page's sidebar.
-    with httpx.Client(base_url=server.url, timeout=30) as browser:
+    with httpx.Client(base_url=embedded_server.url, timeout=30) as browser:
         browser.get("/accounts/login/")
         token = browser.cookies["csrftoken"]
         browser.post("/accounts/login/", data={"username": username, "password": PASSWORD,
@@ -353,9 +364,9 @@ def test_a_completion_is_a_stored_api_conversation_seen_by_its_user(server, new_
         assert "Name a colour" in browser.get("/").text
 
 
-def test_streaming_with_usage(server, new_user):
+def test_streaming_with_usage(embedded_server, new_user):
     _, key = new_user()
-    stream = client_for(server, key).chat.completions.create(
+    stream = client_for(embedded_server, key).chat.completions.create(
         model="grok-1:regular", messages=HELLO, max_tokens=16, seed=5, stream=True,
         stream_options={"include_usage": True},
     )
@@ -368,18 +379,18 @@ def test_streaming_with_usage(server, new_user):
     assert last.choices == [] and last.usage.completion_tokens <= 16
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
     text = "".join(c.choices[0].delta.content or "" for c in chunks[:-1])
-    stored = reply_of(server, chunks[0].id)
+    stored = reply_of(embedded_server, chunks[0].id)
     assert text == stored["content"] and stored["completion_tokens"] == last.usage.completion_tokens
 
 
-def test_sse_framing_byte_for_byte(server, new_user):
+def test_sse_framing_byte_for_byte(embedded_server, new_user):
     _, key = new_user()
     body = {
         "model": "grok-1:regular", "messages": HELLO, "max_tokens": 8, "seed": 1, "stream": True,
         "stream_options": {"include_usage": True},
     }
     with httpx.stream(
-        "POST", server.url + "/v1/chat/completions", json=body,
+        "POST", embedded_server.url + "/v1/chat/completions", json=body,
         headers={"Authorization": f"Bearer {key}"}, timeout=60,
     ) as response:
         assert response.status_code == 200
@@ -419,9 +430,9 @@ def test_sse_framing_byte_for_byte(server, new_user):
     assert 0 < usage["completion_tokens"] <= 8
 
 
-def test_max_tokens_ends_with_length_and_stop_strings_cut(server, new_user):
+def test_max_tokens_ends_with_length_and_stop_strings_cut(embedded_server, new_user):
     _, key = new_user()
-    client = client_for(server, key)
+    client = client_for(embedded_server, key)
 
     def ask(**options):
         return client.chat.completions.create(
@@ -441,18 +452,18 @@ def test_max_tokens_ends_with_length_and_stop_strings_cut(server, new_user):
     assert cut.choices[0].message.content == full[: full.index(stop)]
 
 
-def test_error_shapes(server, new_user):
+def test_error_shapes(embedded_server, new_user):
     _, key = new_user()
     hello = {"model": "grok-1:regular", "messages": HELLO}
     cases = [
-        (post(server, hello, None), 401, "invalid_api_key", None),
-        (post(server, hello, "gw-nope"), 401, "invalid_api_key", None),
-        (post(server, b"{not json", key), 400, "invalid_value", None),
-        (post(server, hello | {"n": 2}, key), 400, "unsupported_value", "n"),
-        (post(server, {"messages": HELLO}, key), 400, "missing_required_parameter", "model"),
-        (post(server, {"model": "gpt-4o", "messages": HELLO}, key), 404, "model_not_found", "model"),
-        (post(server, {"model": "grok-1", "messages": HELLO}, key), 404, "model_not_found", "model"),  # Free
-        (httpx.get(server.url + "/v1/models", timeout=30), 401, "invalid_api_key", None),
+        (post(embedded_server, hello, None), 401, "invalid_api_key", None),
+        (post(embedded_server, hello, "gw-nope"), 401, "invalid_api_key", None),
+        (post(embedded_server, b"{not json", key), 400, "invalid_value", None),
+        (post(embedded_server, hello | {"n": 2}, key), 400, "unsupported_value", "n"),
+        (post(embedded_server, {"messages": HELLO}, key), 400, "missing_required_parameter", "model"),
+        (post(embedded_server, {"model": "gpt-4o", "messages": HELLO}, key), 404, "model_not_found", "model"),
+        (post(embedded_server, {"model": "grok-1", "messages": HELLO}, key), 404, "model_not_found", "model"),  # Free
+        (httpx.get(embedded_server.url + "/v1/models", timeout=30), 401, "invalid_api_key", None),
     ]
     for response, status, code, param in cases:
         assert response.status_code == status, response.text
@@ -461,18 +472,18 @@ def test_error_shapes(server, new_user):
         assert (error["code"], error["param"]) == (code, param)
         assert error["type"] == "invalid_request_error"
     with pytest.raises(openai.AuthenticationError):
-        client_for(server, "gw-nope").models.list()
+        client_for(embedded_server, "gw-nope").models.list()
     with pytest.raises(openai.NotFoundError):
-        client_for(server, key).chat.completions.create(model="grok-1", messages=HELLO)
+        client_for(embedded_server, key).chat.completions.create(model="grok-1", messages=HELLO)
 
 
-def test_revoked_key_is_refused(server, new_user):
+def test_revoked_key_is_refused(embedded_server, new_user):
     username, _ = new_user()
-    key = manage(server.env, "create_api_key", username, "--name", "cli").strip()
-    client = client_for(server, key)
+    key = manage(embedded_server.env, "create_api_key", username, "--name", "cli").strip()
+    client = client_for(embedded_server, key)
     assert [m.id for m in client.models.list()] == ["grok-1:regular"]
     django_shell(
-        server,
+        embedded_server,
         "from chat.models import ApiKey\n"
         "from django.utils import timezone\n"
         "ApiKey.objects.filter(user__username=data['username'], name='cli')"
@@ -484,23 +495,23 @@ def test_revoked_key_is_refused(server, new_user):
         client.models.list()
 
 
-def test_rate_limits_answer_429_with_retry_after(server, new_user):
+def test_rate_limits_answer_429_with_retry_after(embedded_server, new_user):
     _, key = new_user("one-a-day")
-    assert client_for(server, key).chat.completions.create(
+    assert client_for(embedded_server, key).chat.completions.create(
         model="grok-1", messages=HELLO, max_tokens=4
     ).choices[0].message.content is not None
-    refused = post(server, {"model": "grok-1", "messages": HELLO}, key)
+    refused = post(embedded_server, {"model": "grok-1", "messages": HELLO}, key)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "daily_limit_exceeded"
     now = dt.datetime.now(dt.UTC)  # the server's GROKWEB_TIME_ZONE is UTC
     midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
     assert abs(int(refused.headers["Retry-After"]) - (midnight - now).total_seconds()) < 60
 
 
-def test_disconnecting_mid_stream_stops_the_reply(server, new_user):
+def test_disconnecting_mid_stream_stops_the_reply(embedded_server, new_user):
     _, key = new_user()  # Free: one reply at a time, so a second request shows the slot freed
     body = {"model": "grok-1:regular", "messages": HELLO, "max_tokens": 400, "stream": True}
     with httpx.stream(
-        "POST", server.url + "/v1/chat/completions", json=body,
+        "POST", embedded_server.url + "/v1/chat/completions", json=body,
         headers={"Authorization": f"Bearer {key}"}, timeout=60,
     ) as response:
         lines = response.iter_lines()
@@ -508,17 +519,17 @@ def test_disconnecting_mid_stream_stops_the_reply(server, new_user):
         while '"content":"' not in next(lines):  # wait for text: the reply is being written
             pass
         # ...meanwhile a second reply is over the Free plan's one at a time.
-        busy = post(server, {"model": "grok-1:regular", "messages": HELLO}, key)
+        busy = post(embedded_server, {"model": "grok-1:regular", "messages": HELLO}, key)
         assert busy.status_code == 429 and busy.headers["Retry-After"] == "2"
         assert busy.json()["error"]["code"] == "rate_limit_exceeded"
     # Leaving the block closed the connection mid-reply.
     deadline = time.monotonic() + 30
-    while (stored := reply_of(server, first["id"]))["status"] == "streaming":
+    while (stored := reply_of(embedded_server, first["id"]))["status"] == "streaming":
         assert time.monotonic() < deadline, stored
         time.sleep(0.5)
     assert stored["status"] == "stopped" and stored["finish_reason"] == "cancelled"
     assert stored["completion_tokens"] < 400 and stored["charged"]
-    again = client_for(server, key).chat.completions.create(
+    again = client_for(embedded_server, key).chat.completions.create(
         model="grok-1:regular", messages=HELLO, max_tokens=4
     )
     assert again.choices[0].finish_reason in {"stop", "length"}

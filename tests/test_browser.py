@@ -8,166 +8,25 @@ Screenshots land in test-artifacts/ (gitignored) for a human to look at.
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
+from tests.browser import ARTIFACTS
+
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = os.environ.get("GROKWEB_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PASSWORD = "a-Strong-pass-42"
-# Waits are generous (a shared 2-core machine, a model loading in the worker thread) but finite.
-START_TIMEOUT = 120
-REPLY_TIMEOUT_MS = 90_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_env(var_dir: Path, checkpoint: Path) -> dict:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"DATABASE_URL", "REDIS_URL", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS"}
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="grokweb.settings.base",
-        GROKWEB_VAR_DIR=str(var_dir),
-        GROK_CHECKPOINT=str(checkpoint),
-        GROK_EMBEDDED_WORKER="1",
-        GROKWEB_LOG_LEVEL="WARNING",
-        # Short replies keep the test bounded (read by the worker when it supports it).
-        GROK_MAX_NEW_TOKENS=os.environ.get("GROK_MAX_NEW_TOKENS", "400"),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def manage(env: dict, *args: str, timeout: float = 300) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-class Server:
-    def __init__(self, url: str, env: dict, log: Path):
-        self.url = url
-        self.env = env
-        self.log = log
-
-    def shell(self, code: str, **data) -> str:
-        """Run Python in the server's environment (same SQLite database); `data` as JSON in
-        GW_DATA, so no quoting games."""
-        env = dict(self.env, GW_DATA=json.dumps(data))
-        return manage(env, "shell", "-c", code, timeout=120).strip()
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint_dir(tmp_path_factory) -> Path:
-    """The demo checkpoint, built once (`python -m inference make-tiny DIR`), or an existing
-    one named by GROKWEB_TEST_CHECKPOINT."""
-    if os.environ.get("GROKWEB_TEST_CHECKPOINT"):
-        return Path(os.environ["GROKWEB_TEST_CHECKPOINT"])
-    path = tmp_path_factory.mktemp("browser-tiny") / "tiny"
-    done = subprocess.run(
-        [sys.executable, "-m", "inference", "make-tiny", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return path
-
-
-@pytest.fixture(scope="session")
-def grok_server(tmp_path_factory, tiny_checkpoint_dir):
-    var_dir = tmp_path_factory.mktemp("browser-var")
-    env = server_env(var_dir, tiny_checkpoint_dir)
-    manage(env, "migrate", "--noinput")
-    # Daphne serves static files through WhiteNoise, which reads the collected copies.
-    manage(env, "collectstatic", "--noinput")
-    port = free_port()
-    log = var_dir / "daphne.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "grokweb.asgi:application"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/accounts/login/", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("Daphne did not start:\n" + log.read_text(errors="replace")[-5000:])
-        time.sleep(0.3)
-    try:
-        yield Server(url, env, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-# Module scope: Playwright's sync API keeps an event loop running in this thread while it is
-# open, and later tests that call asyncio.run() must not find it.
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (make browser installs it)")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
+REPLY_TIMEOUT_MS = 90_000  # generous (a shared 2-core machine) but finite
 
 
 @pytest.fixture
-def page(browser, grok_server):
+def page(browser, embedded_server):
     context = browser.new_context(
-        base_url=grok_server.url, viewport={"width": 1280, "height": 820}, color_scheme="light"
+        base_url=embedded_server.url, viewport={"width": 1280, "height": 820}, color_scheme="light"
     )
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -220,7 +79,7 @@ def background(page) -> str:
     return page.evaluate("getComputedStyle(document.body).backgroundColor")
 
 
-def test_chat_flow(page, grok_server):
+def test_chat_flow(page, embedded_server):
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto("/accounts/signup/")
     page.screenshot(path=str(ARTIFACTS / "signup.png"))
@@ -384,7 +243,7 @@ def test_chat_flow(page, grok_server):
     page.once("dialog", lambda dialog: dialog.accept())
     item.hover()
     item.locator('[data-action="delete"]').click()
-    page.wait_for_url(grok_server.url + "/")
+    page.wait_for_url(embedded_server.url + "/")
     assert page.locator(f'.conversation-item[data-id="{chat_id}"]').count() == 0
 
 
@@ -465,11 +324,11 @@ print(chat.id)
 """
 
 
-def test_hostile_reply_is_inert(page, grok_server, tracker):
+def test_hostile_reply_is_inert(page, embedded_server, tracker):
     username = "victim" + uuid.uuid4().hex[:8]
     reply = HOSTILE_REPLY.format(port=tracker.port)
     chat_id = int(
-        grok_server.shell(
+        embedded_server.shell(
             INJECT,
             username=username,
             password=PASSWORD,

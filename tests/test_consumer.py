@@ -15,7 +15,6 @@ from chat import jobs
 from chat.models import Message, UsageEntry, User
 from chat.worker import Publisher, serve
 from grokweb.asgi import application
-from tests.worker_fixtures import MAX_BATCH, engine, tiny_checkpoint, tiny_engine  # noqa: F401
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
 TIMEOUT = 10
@@ -57,7 +56,7 @@ async def worker(engine):
     thread = threading.Thread(
         target=serve,
         args=(engine, Publisher(asyncio.get_running_loop()), stop),
-        kwargs={"max_batch": MAX_BATCH},
+        kwargs={"max_batch": len(engine.slots)},
     )
     thread.start()
     yield
@@ -296,9 +295,9 @@ async def test_resume_mid_reply_has_no_gap_and_no_repeat(login, worker, settings
     await second.disconnect()
 
 
-async def test_concurrent_replies_are_batched_and_each_complete(login, worker):
+async def test_concurrent_replies_are_batched_and_each_complete(login, worker, engine):
     # One user each: the Free plan writes one reply at a time per user.
-    pages = [await connect(ORIGIN, await database_sync_to_async(login)(f"u{i}")) for i in range(MAX_BATCH + 1)]
+    pages = [await connect(ORIGIN, await database_sync_to_async(login)(f"u{i}")) for i in range(len(engine.slots) + 1)]
     ids = []
     for i, page in enumerate(pages):
         accepted = await ask(page, {"type": "send", "conversation_id": None, "content": f"Hi {i}"})

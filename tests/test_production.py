@@ -15,37 +15,17 @@ import sys
 import time
 
 import pytest
-import redis
 import websockets  # a test dependency: a real client, unlike Channels' in-process communicator
 from channels.db import database_sync_to_async
-from django.conf import settings
-from django.test import Client
 
 from chat import jobs
 from chat.models import Message, UsageEntry
-from tests.stack import ROOT, Stack, delta_text, receive, send_and_collect
-from tests.worker_fixtures import tiny_checkpoint  # noqa: F401
-
-REDIS_URL = os.environ.get("GROKWEB_TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
-
-
-@pytest.fixture
-def redis_db():
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
-def committed_db(transactional_db, django_db_serialized_rollback):
-    """Committed data, which the subprocesses can see; seeded personas and plans come back."""
+from tests.stack import ROOT, TEST_REDIS_URL, Stack, delta_text, receive, send_and_collect
 
 
 @pytest.fixture
 def redis_settings(settings, redis_db):
-    settings.REDIS_URL = REDIS_URL
+    settings.REDIS_URL = TEST_REDIS_URL
     jobs._queue_for.cache_clear()
     yield
     jobs._queue_for.cache_clear()
@@ -56,7 +36,7 @@ def redis_settings(settings, redis_db):
 
 @pytest.mark.production
 def test_redis_queue_takes_acks_and_cancels(redis_db):
-    queue = jobs.RedisQueue(REDIS_URL, max_length=2)
+    queue = jobs.RedisQueue(TEST_REDIS_URL, max_length=2)
     assert queue.take(4, 0) == []  # creates the group; nothing yet
     queue.put(11)
     queue.put(12)
@@ -78,7 +58,7 @@ def test_redis_queue_takes_acks_and_cancels(redis_db):
     # Another worker sees only what nobody took; a deleted stream is recreated on the fly.
     redis_db.delete(jobs.STREAM)
     queue.put(14)
-    other = jobs.RedisQueue(REDIS_URL, max_length=2)
+    other = jobs.RedisQueue(TEST_REDIS_URL, max_length=2)
     other.consumer = "other"
     assert [j.message_id for j in queue.take(1, 0.05)] == [14]
     assert other.take(1, 0.05) == []
@@ -102,53 +82,13 @@ def test_enqueue_with_a_full_redis_queue_is_busy_and_marks_the_reply_failed(
 # -- the whole stack --------------------------------------------------------------------------
 
 
-def database_url() -> str:
-    db = settings.DATABASES["default"]  # the test database pytest-django made
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-@pytest.fixture
-def stack(committed_db, redis_db, tiny_checkpoint, tmp_path):  # noqa: F811
-    """stack(**env) -> a running Stack, on REDIS_URL unless `env` names another; stopped (then
-    killed if need be) after the test."""
-    started = []
-
-    def make(**env):
-        s = Stack(
-            tmp_path,
-            tiny_checkpoint,
-            DJANGO_SETTINGS_MODULE="grokweb.settings.production",
-            DJANGO_SECRET_KEY=settings.SECRET_KEY,  # sessions made here must verify there
-            DATABASE_URL=database_url(),
-            **{"REDIS_URL": REDIS_URL, **env},  # a test may bring a Redis of its own
-        )
-        started.append(s)
-        # The worker makes the consumer group on its first look at the queue.
-        client = redis.Redis.from_url(s.env["REDIS_URL"], decode_responses=True)
-        s.wait_ready(lambda: any(g["name"] == jobs.GROUP for g in client.xinfo_groups(jobs.STREAM)))
-        client.close()
-        return s
-
-    yield make
-    for s in started:
-        s.stop()
-
-
-@pytest.fixture
-def cookie(committed_db, user_factory):
-    client = Client()
-    client.force_login(user_factory("ann"))
-    return f"sessionid={client.cookies['sessionid'].value}"
-
-
 def get_reply(reply_id: int) -> Message:
     return Message.objects.get(pk=reply_id)
 
 
 @pytest.mark.production
-async def test_a_reply_goes_through_redis_and_a_worker_process_into_postgres(stack, cookie, redis_db):
-    s = await asyncio.to_thread(stack, GROK_MAX_NEW_TOKENS="32")
+async def test_a_reply_goes_through_redis_and_a_worker_process_into_postgres(production_stack, cookie, redis_db):
+    s = await asyncio.to_thread(production_stack, GROK_MAX_NEW_TOKENS="32")
     # The doors: no session -> 4401; a foreign origin -> the handshake is refused.
     async with s.socket(None) as ws:
         with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -173,8 +113,8 @@ async def test_a_reply_goes_through_redis_and_a_worker_process_into_postgres(sta
 
 
 @pytest.mark.production
-async def test_stop_reaches_the_worker_process_through_redis(stack, cookie):
-    s = await asyncio.to_thread(stack, GROK_MAX_NEW_TOKENS="400")
+async def test_stop_reaches_the_worker_process_through_redis(production_stack, cookie):
+    s = await asyncio.to_thread(production_stack, GROK_MAX_NEW_TOKENS="400")
     async with s.socket(cookie) as ws:
         reply_id, frames = await send_and_collect(ws, "Go on", until=lambda fs: any(f["type"] == "delta" for f in fs))
         await ws.send(json.dumps({"type": "stop", "message_id": reply_id}))
@@ -188,8 +128,8 @@ async def test_stop_reaches_the_worker_process_through_redis(stack, cookie):
 
 
 @pytest.mark.production
-async def test_sigterm_lets_the_reply_in_hand_finish(stack, cookie, redis_db):
-    s = await asyncio.to_thread(stack, GROK_MAX_NEW_TOKENS="60", GROK_WORKER_DRAIN_SECONDS="30")
+async def test_sigterm_lets_the_reply_in_hand_finish(production_stack, cookie, redis_db):
+    s = await asyncio.to_thread(production_stack, GROK_MAX_NEW_TOKENS="60", GROK_WORKER_DRAIN_SECONDS="30")
     async with s.socket(cookie) as ws:
         reply_id, frames = await send_and_collect(ws, "Hi", until=lambda fs: any(f["type"] == "delta" for f in fs))
         s.processes["worker"].send_signal(signal.SIGTERM)
@@ -200,7 +140,7 @@ async def test_sigterm_lets_the_reply_in_hand_finish(stack, cookie, redis_db):
     assert redis_db.xlen(jobs.STREAM) == 0
 
 
-def test_embedded_mode_end_to_end(tmp_path, tiny_checkpoint):  # noqa: F811
+def test_embedded_mode_end_to_end(tmp_path, tiny_checkpoint):
     """`make run`'s mode: no Redis, SQLite, the worker in a thread that the first socket starts."""
     env = {
         "DJANGO_SETTINGS_MODULE": "grokweb.settings.base",

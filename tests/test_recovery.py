@@ -15,16 +15,6 @@ from chat import jobs
 from chat.models import Message
 from chat.worker import Replies, recover_replies
 from inference.worker import Update
-from tests.stack import RedisServer
-from tests.test_production import committed_db, cookie, redis_db, stack  # noqa: F401
-from tests.worker_fixtures import engine, tiny_checkpoint, tiny_engine  # noqa: F401
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    server = RedisServer(tmp_path)
-    yield server
-    server.stop()
 
 
 def saved(reply_id: int) -> Message:
@@ -86,7 +76,7 @@ def streaming_reply(conversation_factory, user_factory, content="Once upon a tim
 
 def test_a_taken_over_reply_continues_after_its_saved_text(
     committed_db, engine, conversation_factory, user_factory
-):  # noqa: F811
+):
     reply = streaming_reply(conversation_factory, user_factory)
     sent = []
     replies = Replies(engine, Taken(jobs.Job(reply.pk, "1-0", attempt=2)), sent.extend)
@@ -103,7 +93,7 @@ def test_a_taken_over_reply_continues_after_its_saved_text(
 
 def test_past_the_attempt_limit_a_reply_fails_with_its_text_kept(
     committed_db, engine, settings, conversation_factory, user_factory
-):  # noqa: F811
+):
     settings.GROK_JOB_MAX_ATTEMPTS = 3
     reply = streaming_reply(conversation_factory, user_factory)
     queue, sent = Taken(jobs.Job(reply.pk, "1-0", attempt=4)), []
@@ -131,7 +121,7 @@ def test_the_embedded_worker_requeues_queued_replies_and_fails_streaming_ones_ke
 
 def test_the_servers_cap_on_new_tokens_bounds_what_a_plan_or_request_asks(
     committed_db, engine, settings, conversation_factory, user_factory
-):  # noqa: F811
+):
     settings.GROK_MAX_NEW_TOKENS = 24
     conversation = conversation_factory(user_factory("ann"), [("user", "Hi")], persona="regular")
     reply = conversation.messages.create(role="assistant", status="queued", sampling={"max_new_tokens": 2048})
@@ -144,9 +134,9 @@ def test_the_servers_cap_on_new_tokens_bounds_what_a_plan_or_request_asks(
 
 
 @pytest.mark.production
-async def test_a_killed_workers_reply_is_taken_over_and_finished(stack, cookie, private_redis):  # noqa: F811
+async def test_a_killed_workers_reply_is_taken_over_and_finished(production_stack, cookie, private_redis):
     s = await asyncio.to_thread(
-        stack, REDIS_URL=private_redis.url, GROK_MAX_NEW_TOKENS="120", GROK_JOB_CLAIM_SECONDS=CLAIM_SECONDS
+        production_stack, REDIS_URL=private_redis.url, GROK_MAX_NEW_TOKENS="120", GROK_JOB_CLAIM_SECONDS=CLAIM_SECONDS
     )
     result = await kill_worker_mid_reply(s, cookie)
     done = result["done"]
@@ -161,8 +151,8 @@ async def test_a_killed_workers_reply_is_taken_over_and_finished(stack, cookie, 
 
 
 @pytest.mark.production
-async def test_redis_restarting_mid_reply_tells_the_page_and_loses_nothing(stack, cookie, private_redis):  # noqa: F811
-    s = await asyncio.to_thread(stack, REDIS_URL=private_redis.url, GROK_MAX_NEW_TOKENS="300")
+async def test_redis_restarting_mid_reply_tells_the_page_and_loses_nothing(production_stack, cookie, private_redis):
+    s = await asyncio.to_thread(production_stack, REDIS_URL=private_redis.url, GROK_MAX_NEW_TOKENS="300")
     result = await restart_redis_mid_reply(s, private_redis, cookie)
     assert "unavailable" in [e["code"] for e in result["errors"]] and result["close_code"] == 4503
     assert result["outage_frame"]["code"] == "unavailable"

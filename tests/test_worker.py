@@ -7,7 +7,6 @@ import pytest
 
 from inference.engine import Request, SamplingParams
 from inference.worker import STOPPED_ERROR, Worker
-from tests.worker_fixtures import MAX_BATCH, engine, tiny_checkpoint, tiny_engine  # noqa: F401
 
 FLUSH = 0.04
 
@@ -76,10 +75,10 @@ def alone(engine, req):
 
 
 def test_batched_replies_match_their_solo_runs_and_arrive_in_batches(engine):
-    source, sink = Source(), Sink()
-    requests = [request(engine, str(i)) for i in range(MAX_BATCH + 1)]  # one more than the slots
+    source, sink, slots = Source(), Sink(), len(engine.slots)
+    requests = [request(engine, str(i)) for i in range(slots + 1)]  # one more than the slots
     source.pending = list(requests)
-    worker = Worker(engine, source, sink, max_jobs=2 * MAX_BATCH, flush_interval=FLUSH)
+    worker = Worker(engine, source, sink, max_jobs=2 * slots, flush_interval=FLUSH)
     run_until(worker)
 
     for req in requests:
@@ -89,7 +88,7 @@ def test_batched_replies_match_their_solo_runs_and_arrive_in_batches(engine):
         assert final.completion_tokens <= 24 and final.prompt_tokens == len(req.prompt_ids)
         assert final.duration >= final.time_to_first_token > 0
     # The one beyond the batch waited first in line, and was told so.
-    assert {str(MAX_BATCH): 1} in sink.positions
+    assert {str(slots): 1} in sink.positions
     # Deliveries are spaced by the flush interval (the last may come early: the engine went idle).
     times = [t for t, _ in sink.deliveries]
     assert all(b - a >= FLUSH * 0.9 for a, b in zip(times, times[1:-1]))

@@ -35,13 +35,3 @@ def converted_golden(golden_dir, tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("golden") / "converted"
     convert(golden_dir, dst, shard_bytes=200_000)
     return dst
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """The seeded demo checkpoint built by `make-tiny` (converted format, with tokenizer.model)."""
-    from inference.tiny import make_tiny
-
-    dst = tmp_path_factory.mktemp("tiny") / "grok-1-tiny"
-    make_tiny(dst, seed=0)
-    return dst
