@@ -21,6 +21,7 @@ and `ChatError` tells the page why.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import queue
@@ -63,6 +64,7 @@ class JobQueue(Protocol):
     def cancelled(self, message_ids: Collection[int]) -> set[int]: ...
     def ack(self, job: Job) -> None: ...  # the reply is saved: the job is over
     def heartbeat(self, jobs: Collection[Job]) -> None: ...  # still at work on them: not to claim
+    def backlog(self, limit: int) -> list[int]: ...  # not yet taken by any worker, oldest first
 
 
 class LocalQueue:
@@ -111,6 +113,10 @@ class LocalQueue:
 
     def heartbeat(self, jobs: Collection[Job]) -> None:
         pass  # one process: its jobs die with it, and the worker's start recovers their replies
+
+    def backlog(self, limit: int) -> list[int]:
+        with self._jobs.mutex:
+            return list(itertools.islice(self._jobs.queue, limit))
 
 
 class RedisQueue:
@@ -204,6 +210,17 @@ class RedisQueue:
         if jobs:
             # JUSTID: a touch, not a delivery; the count the retry limit reads stays as it is.
             self.redis.xclaim(STREAM, GROUP, self.consumer, 0, [j.token for j in jobs], justid=True)
+
+    def backlog(self, limit: int) -> list[int]:
+        try:
+            groups = self.redis.xinfo_groups(STREAM)
+        except redis.ResponseError:  # no stream yet
+            return []
+        last = next((g["last-delivered-id"] for g in groups if g["name"] == GROUP), None)
+        if last is None:
+            return []
+        entries = self.redis.xrange(STREAM, min=f"({last}", max="+", count=limit)
+        return [int(fields["message_id"]) for _entry_id, fields in entries]
 
     def cancelled(self, message_ids: Collection[int]) -> set[int]:
         ids = list(message_ids)

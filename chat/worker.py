@@ -225,6 +225,9 @@ class Replies:
     def cancelled(self, request_ids: Collection[str]) -> set[str]:
         return {str(i) for i in self.queue.cancelled([int(i) for i in request_ids])}
 
+    def waiting(self, limit: int) -> list[str]:
+        return [str(i) for i in self.queue.backlog(limit)]
+
     # -- sink -----------------------------------------------------------------------------------
 
     def deliver(self, updates: list[Update]) -> None:

@@ -30,6 +30,8 @@ IDLE_WAIT = 0.25  # how long `take` may block when the engine is idle (bounds th
 SINK_RETRY = 1.0  # seconds before retrying a sink that raised
 SOURCE_RETRY = 0.5  # seconds before looking again at a job source that raised, doubling ...
 SOURCE_RETRY_MAX = 4.0  # ... up to this while it keeps failing (Redis restarting, say)
+BACKLOG_INTERVAL = 0.5  # seconds between looks at the shared queue's backlog, for positions
+MAX_POSITIONS = 200  # replies told their place in line; those further back are just "queued"
 MAX_STEP_FAILURES = 3  # consecutive failing steps after which the engine is taken to be broken
 STOPPED_ERROR = "The worker stopped before the reply was finished."
 
@@ -40,6 +42,9 @@ class JobSource(Protocol):
 
     def cancelled(self, request_ids: Collection[str]) -> set[str]:
         """Those of `request_ids` whose cancellation was asked for."""
+
+    def waiting(self, limit: int) -> list[str]:
+        """Up to `limit` requests no worker has taken yet, oldest first."""
 
 
 @dataclass
@@ -122,6 +127,8 @@ class Worker:
         self._poll_at = float("-inf")
         self._retry_at = float("-inf")
         self._positions: dict[str, int] = {}
+        self._backlog: list[str] = []  # the source's `waiting`, looked at every BACKLOG_INTERVAL
+        self._backlog_at = float("-inf")
         self._step_failures = 0
         self._source_failures = 0
 
@@ -176,6 +183,11 @@ class Worker:
             if self.replies:
                 for request_id in self.source.cancelled(self._running()):
                     self._cancel(request_id)
+            if not busy:  # nothing held waits, so neither does anything in the queue
+                self._backlog = []
+            elif now >= self._backlog_at:
+                self._backlog_at = now + BACKLOG_INTERVAL
+                self._backlog = self.source.waiting(MAX_POSITIONS)
         except Exception as exc:  # the queue is away: keep writing the replies in hand, look again later
             retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY * 2**self._source_failures)
             self._source_failures += 1
@@ -191,7 +203,11 @@ class Worker:
         return accept and free > 0 and not busy
 
     def _admit(self, free: int, timeout: float) -> None:
-        for request in self.source.take(free, timeout):
+        taken = self.source.take(free, timeout)
+        if taken:  # out of the queue now: the backlog last looked at must not list them again
+            ids = {request.id for request in taken}
+            self._backlog = [i for i in self._backlog if i not in ids]
+        for request in taken:
             reply = _Reply(request.id, taken_at=self.clock())
             self.replies[request.id] = reply
             try:
@@ -250,7 +266,10 @@ class Worker:
 
     def _flush(self, now: float) -> None:
         self._last_flush = now
+        # In line: those this worker holds for a free slot, then those no worker took yet. (With
+        # several workers, the second part counts after this worker's own waiting ones.)
         waiting = [i for i in self.engine.queued() if i in self.replies]
+        waiting += self._backlog[: MAX_POSITIONS - len(waiting)]
         positions = {request_id: place for place, request_id in enumerate(waiting, 1)}
         changed = {i: p for i, p in positions.items() if self._positions.get(i) != p}
         self._positions = positions

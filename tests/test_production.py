@@ -65,6 +65,16 @@ def test_redis_queue_takes_acks_and_cancels(redis_db):
 
 
 @pytest.mark.production
+def test_the_backlog_is_what_no_worker_took_oldest_first(redis_db):
+    for queue in (jobs.LocalQueue(8), jobs.RedisQueue(TEST_REDIS_URL, max_length=8)):
+        assert queue.backlog(10) == []  # for Redis: no stream yet
+        for message_id in (1, 2, 3, 4):
+            queue.put(message_id)
+        assert [j.message_id for j in queue.take(1, 0.05)] == [1]
+        assert queue.backlog(10) == [2, 3, 4] and queue.backlog(2) == [2, 3]
+
+
+@pytest.mark.production
 def test_enqueue_with_a_full_redis_queue_is_busy_and_marks_the_reply_failed(
     committed_db, redis_settings, settings, user_factory, conversation_factory
 ):

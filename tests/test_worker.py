@@ -25,6 +25,9 @@ class Source:
     def cancelled(self, request_ids):
         return self.cancels & set(request_ids)
 
+    def waiting(self, limit):
+        return [r.id for r in self.pending[:limit]]
+
 
 class Sink:
     """Records every delivery with its time; can be told to fail the next calls."""
@@ -92,6 +95,21 @@ def test_batched_replies_match_their_solo_runs_and_arrive_in_batches(engine):
     # Deliveries are spaced by the flush interval (the last may come early: the engine went idle).
     times = [t for t, _ in sink.deliveries]
     assert all(b - a >= FLUSH * 0.9 for a, b in zip(times, times[1:-1]))
+
+
+def test_waiting_replies_are_told_their_place_behind_those_held_and_move_up(engine):
+    source, sink, slots = Source(), Sink(), len(engine.slots)
+    source.pending = [request(engine, str(i)) for i in range(slots + 3)]
+    worker = Worker(engine, source, sink, max_jobs=slots + 1, flush_interval=FLUSH)
+    run_until(worker)
+    held, queued = str(slots), [str(slots + 1), str(slots + 2)]  # one waits in the worker, two in the queue
+    assert sink.positions[0] == {held: 1}
+    assert {queued[0]: 2, queued[1]: 3} in sink.positions  # the queue, after the worker's own
+    last = {}
+    for change in sink.positions:
+        assert all(place < last.get(i, place + 1) for i, place in change.items())  # only ever up
+        last |= change
+    assert last == {held: 1, queued[0]: 1, queued[1]: 1}
 
 
 def test_fast_steps_are_gathered_into_one_delivery_per_interval(engine):
