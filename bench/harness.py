@@ -102,6 +102,7 @@ class Reply:
 
     sent_at: float
     deltas: list[float] = field(default_factory=list)  # arrival time of each delta frame
+    positions: list[int] = field(default_factory=list)  # its place in line, as `queued` frames told it
     done: dict | None = None
     done_at: float | None = None
     error: str = ""
@@ -118,6 +119,8 @@ async def one_reply(stack: Stack, cookie: str, content: str, start: asyncio.Barr
                 frame = await receive(ws, timeout)
                 if frame["type"] == "delta":
                     reply.deltas.append(time.monotonic())
+                elif frame["type"] == "queued":
+                    reply.positions.append(frame["position"])
                 elif frame["type"] == "error":
                     reply.error = f"{frame['code']}: {frame['message']}"
                 elif frame["type"] == "done":

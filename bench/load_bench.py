@@ -46,6 +46,10 @@ def main() -> None:
     print(f"time to first token: p50 {percentile(ttft, 50):.2f} s, p99 {percentile(ttft, 99):.2f} s")
     print(f"gap between text frames: p50 {percentile(gaps, 50) * 1000:.0f} ms, "
           f"p99 {percentile(gaps, 99) * 1000:.0f} ms ({len(gaps)} gaps)")
+    told = [r.positions for r in replies if r.positions]
+    print(f"place in line: {len(told)} replies were told it ({sum(map(len, told))} `queued` frames); first told "
+          f"p50 {percentile([p[0] for p in told], 50):.0f}, max {max((p[0] for p in told), default=0)}; "
+          f"always moving up: {all(a > b for p in told for a, b in zip(p, p[1:]))}")
     print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in sorted(set(errors))[:5]))
     print(f"peak RSS: Daphne {rss['daphne']:.0f} MiB, worker {rss['worker']:.0f} MiB")
 
