@@ -186,20 +186,17 @@ def check_can_generate(user: User, persona: Persona, *, now: dt.datetime | None 
             upgrade_offers(plan),
             None,
         )
-    if usage.messages >= plan.messages_per_day:
-        raise quota_error(
-            f"You have used all {plan.messages_per_day:,} messages of the {plan.name} plan for "
-            f"today. They reset at midnight ({settings.TIME_ZONE}).",
-            upgrade_offers(plan),
-            resets_at,
-        )
-    if usage.tokens >= plan.tokens_per_day:
-        raise quota_error(
-            f"You have used all {plan.tokens_per_day:,} tokens of the {plan.name} plan for "
-            f"today. They reset at midnight ({settings.TIME_ZONE}).",
-            upgrade_offers(plan),
-            resets_at,
-        )
+    for used, limit, unit in (
+        (usage.messages, plan.messages_per_day, "messages"),
+        (usage.tokens, plan.tokens_per_day, "tokens"),
+    ):
+        if used >= limit:
+            raise quota_error(
+                f"You have used all {limit:,} {unit} of the {plan.name} plan for today. They "
+                f"reset at midnight ({settings.TIME_ZONE}).",
+                upgrade_offers(plan),
+                resets_at,
+            )
     return Limits(plan=plan, max_new_tokens=plan.max_new_tokens, context_len=plan.context_len)
 
 

@@ -354,6 +354,14 @@ def test_hostile_reply_is_inert(page, embedded_server, tracker):
     assert set(good.get_attribute("rel").split()) == {"noopener", "noreferrer", "nofollow"}
     assert body.locator("pre code").inner_text().startswith('print("<b>not bold</b>")')
     assert body.locator(".md-code .md-copy").count() == 1
+    # Code blocks follow the theme (render.css's light-dark() pairs).
+    def code_background() -> str:
+        return body.locator(".md-code").evaluate("el => getComputedStyle(el).backgroundColor")
+
+    assert code_background() == "rgb(246, 246, 243)"
+    page.click("#theme-toggle")
+    assert code_background() == "rgb(15, 15, 18)"
+    page.click("#theme-toggle")
     # Nothing dangerous reached the DOM of the page.
     dangerous = page.evaluate(
         """() => {
