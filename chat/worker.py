@@ -22,7 +22,8 @@ import asyncio
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from channels.layers import get_channel_layer
@@ -66,12 +67,19 @@ class Publisher:
             await self.layer.group_send(group, event)
 
 
-def event_loop_thread() -> asyncio.AbstractEventLoop:
-    """A loop running on a daemon thread: a worker process's Publisher sends through it, so the
-    Redis channel layer keeps one connection pool rather than one per call."""
+@contextmanager
+def event_loop_thread() -> Iterator[asyncio.AbstractEventLoop]:
+    """A loop running on a thread of its own while the block runs: a worker process's Publisher
+    sends through it, so the Redis channel layer keeps one connection pool rather than one per
+    call. Stopped and joined at the end, so that the process exits with no thread mid-call."""
     loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, name="grokweb-publisher", daemon=True).start()
-    return loop
+    thread = threading.Thread(target=loop.run_forever, name="grokweb-publisher", daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=15)
 
 
 def done_event(reply: Message) -> dict:
@@ -335,9 +343,10 @@ def serve(
     max_batch = max_batch or settings.GROK_MAX_BATCH
     replies = Replies(engine, jobs.get_queue(), publish)
     beating = threading.Event()
-    threading.Thread(
+    heartbeat = threading.Thread(
         target=_heartbeat, args=(replies, beating), name="grokweb-heartbeat", daemon=True
-    ).start()
+    )
+    heartbeat.start()
     try:
         # Twice the batch in hand: a freed slot refills at once and the waiting learn their place.
         Worker(engine, replies, replies, max_jobs=2 * max_batch).run(
@@ -345,6 +354,7 @@ def serve(
         )
     finally:
         beating.set()
+        heartbeat.join(timeout=15)  # a beat in flight ends within Redis's socket timeout
         connections.close_all()
 
 

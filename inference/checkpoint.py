@@ -227,8 +227,7 @@ def load_model(
     path = Path(path)
     config = read_config(path)
     model = meta_model(config, quant, dtype)
-    # The converted format's schema: the int8 model's tensors, embedding as released (float32).
-    expected = {k: (tuple(v.shape), v.dtype) for k, v in meta_model(config, "int8", torch.float32).state_dict().items()}
+    expected = _schema(config)
 
     placed = max_gpu_memory is not None or max_cpu_memory is not None
     if placed:
@@ -280,6 +279,20 @@ def load_model(
     if placed:
         placement.dispatch(model, device_map, offload_dir, offload_index)
     return model
+
+
+def _schema(config: GrokConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The converted format's tensors, name -> (shape, dtype): the int8 model's, with projection
+    weights [out, in] as released (Int8Linear keeps them as [G, out, in/G]) and the embedding
+    float32 as released."""
+    schema = {}
+    for key, value in meta_model(config, "int8", torch.float32).state_dict().items():
+        shape = tuple(value.shape)
+        if value.dtype == torch.int8:
+            groups, out_features, part = shape
+            shape = (out_features, groups * part)
+        schema[key] = (shape, value.dtype)
+    return schema
 
 
 def _offload(value: Tensor, name: str, offload_dir: str | Path, index: dict) -> None:

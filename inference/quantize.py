@@ -5,8 +5,8 @@ modules are replaced, on the meta device, by the kind a quant mode uses; the loa
 each one from the released int8 weight [out, in] and its bfloat16 group scales [G, out]:
 
 - "int8": `Int8Linear` keeps the released weight and scales and computes with them directly
-  (weight-only int8: the int8 weight is cast, not dequantised, and the scales are applied per
-  group after the matmul). Memory: 1 byte per parameter, as released.
+  (weight-only int8: the scales are applied per group after the matmul, never to the weight).
+  Memory: 1 byte per parameter, as released.
 - "nf4": bitsandbytes `Linear4bit` (NormalFloat4), quantized from the dequantised weight when the
   module is moved to its device. About 0.52 bytes per parameter.
 - "none": a float `nn.Linear` holding the dequantised weight, int8 * scales computed in the
@@ -28,26 +28,64 @@ def scale_groups(name: str) -> int:
     return 8 if name.endswith(("attn.linear", "linear_1")) else 1
 
 
+# When PyTorch's int8 kernel beats casting the weight on CPU (bench/int8_matmul.py, engine bench):
+# - only for weights too big for the caches (every Grok-1 projection; none of the tiny model's),
+#   where reading 1 byte per weight beats the cast's 1 + 4 + 4;
+# - in float32, only up to 2 rows (tokens): its float32 path does not batch rows;
+# - in bfloat16 at every row count measured, but only for a group width that is a multiple of 16
+#   (PyTorch 2.13 crashes otherwise; Grok-1's are 768 and wider).
+INT8_KERNEL_MIN_BLOCK = 2**20  # weights in one scale group's block
+INT8_KERNEL_MAX_ROWS_F32 = 2
+INT8_KERNEL_BF16_WIDTH = 16
+
+
 class Int8Linear(nn.Module):
-    """y = x @ (weight * scales).T without materialising the float weight."""
+    """y = x @ (weight * scales).T without materialising the float weight.
+
+    The weight is kept as G contiguous blocks [G, out, in/G], one per scale group. On CPU each
+    block goes through PyTorch's weight-only int8 kernel (`_weight_int8pack_mm`, int8 weight,
+    scales per output); elsewhere, as in gpt-fast, the weight is cast to the activation dtype
+    inside the matmul (compiled, the cast fuses into it).
+    """
 
     def __init__(self, in_features: int, out_features: int, groups: int = 1, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(
-            torch.empty(out_features, in_features, dtype=torch.int8, device=device), requires_grad=False
-        )  # [out, in]
+            torch.empty(groups, out_features, in_features // groups, dtype=torch.int8, device=device),
+            requires_grad=False,
+        )  # [G, out, in/G]
         self.scales = nn.Parameter(
             torch.empty(groups, out_features, dtype=torch.bfloat16, device=device), requires_grad=False
         )  # [G, out]
 
     def forward(self, x: Tensor) -> Tensor:
-        groups = self.scales.shape[0]
-        xg = x.reshape(-1, groups, self.in_features // groups).transpose(0, 1)  # [G, N, in/G]
-        # int8 -> activation dtype is exact (|w| <= 128); the transposed view costs no copy in bmm.
-        w = self.weight.to(x.dtype).view(self.out_features, groups, -1).permute(1, 2, 0)  # [G, in/G, out]
-        y = torch.bmm(xg, w) * self.scales.to(x.dtype)[:, None, :]  # [G, N, out]
-        return y.sum(0).view(*x.shape[:-1], self.out_features)  # [..., out]
+        rows = x.reshape(-1, self.in_features)  # [N, in]
+        matmul = self.kernel_matmul if self._cpu_kernel_fits(x, rows.shape[0]) else self.cast_matmul
+        return matmul(rows).view(*x.shape[:-1], self.out_features)  # [..., out]
+
+    def kernel_matmul(self, rows: Tensor) -> Tensor:
+        """[N, in] -> [N, out] through `_weight_int8pack_mm`, one call a scale group."""
+        scales = self.scales.to(rows.dtype)  # [G, out]
+        parts = rows.chunk(self.weight.shape[0], dim=-1)  # G x [N, in/G]
+        y = torch._weight_int8pack_mm(parts[0].contiguous(), self.weight[0], scales[0])  # [N, out]
+        for g in range(1, len(parts)):
+            y += torch._weight_int8pack_mm(parts[g].contiguous(), self.weight[g], scales[g])
+        return y
+
+    def cast_matmul(self, rows: Tensor) -> Tensor:
+        """[N, in] -> [N, out] with the weight cast to the rows' dtype (int8 -> float is exact)."""
+        groups = self.weight.shape[0]
+        xg = rows.view(-1, groups, self.in_features // groups).transpose(0, 1)  # [G, N, in/G]
+        y = torch.bmm(xg, self.weight.to(rows.dtype).transpose(1, 2))  # [G, N, out]; the transpose is free in bmm
+        return (y * self.scales.to(rows.dtype)[:, None, :]).sum(0)  # [N, out]
+
+    def _cpu_kernel_fits(self, x: Tensor, rows: int) -> bool:
+        if x.device.type != "cpu" or self.weight[0].numel() < INT8_KERNEL_MIN_BLOCK:
+            return False
+        if x.dtype == torch.bfloat16:
+            return self.weight.shape[2] % INT8_KERNEL_BF16_WIDTH == 0
+        return x.dtype == torch.float32 and rows <= INT8_KERNEL_MAX_ROWS_F32
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, groups={self.scales.shape[0]}"
@@ -87,8 +125,11 @@ def build_linear(weight: Tensor, scales: Tensor, quant: str, dtype: torch.dtype,
     """The finished projection from a released int8 weight [out, in] and bf16 scales [G, out], on `device`."""
     out_features, in_features = weight.shape
     if quant == "int8":
-        module = Int8Linear(in_features, out_features, scales.shape[0], device="meta")
-        module.weight = nn.Parameter(weight.to(device), requires_grad=False)
+        groups = scales.shape[0]
+        module = Int8Linear(in_features, out_features, groups, device="meta")
+        # [out, in] -> [G, out, in/G]: a view for one group, a copy of this one tensor for several.
+        blocks = weight.view(out_features, groups, -1).transpose(0, 1).contiguous()
+        module.weight = nn.Parameter(blocks.to(device), requires_grad=False)
         module.scales = nn.Parameter(scales.to(device), requires_grad=False)
         return module
     if quant == "none":

@@ -22,9 +22,6 @@ class Command(BaseCommand):
             signal.signal(signum, lambda *_: stop.set())
         engine = load_engine()
         log.info("worker ready: %s (demo: %s)", engine.model_name, engine.is_demo)
-        loop = event_loop_thread()
-        try:
+        with event_loop_thread() as loop:
             serve(engine, Publisher(loop), stop)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
         log.info("worker stopped")
