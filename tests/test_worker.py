@@ -105,11 +105,10 @@ def test_waiting_replies_are_told_their_place_behind_those_held_and_move_up(engi
     held, queued = str(slots), [str(slots + 1), str(slots + 2)]  # one waits in the worker, two in the queue
     assert sink.positions[0] == {held: 1}
     assert {queued[0]: 2, queued[1]: 3} in sink.positions  # the queue, after the worker's own
-    last = {}
-    for change in sink.positions:
-        assert all(place < last.get(i, place + 1) for i, place in change.items())  # only ever up
-        last |= change
-    assert last == {held: 1, queued[0]: 1, queued[1]: 1}
+    told = {}
+    for change in sink.positions:  # only ever up; never again once started (two may start at once)
+        assert all(place < told.get(i, place + 1) for i, place in change.items())
+        told |= change
 
 
 def test_fast_steps_are_gathered_into_one_delivery_per_interval(engine):
