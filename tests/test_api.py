@@ -277,7 +277,9 @@ print(json.dumps(do_create_api_key(user, "tests")[1]))
 
 REPLY = """
 from chat.models import Message, UsageEntry
-reply = Message.objects.select_related("conversation").get(pk=data["id"])
+# The reply `id`, or the last reply of user `username`.
+mine = {"pk": data["id"]} if "id" in data else {"conversation__owner__username": data["username"]}
+reply = Message.objects.select_related("conversation").filter(role="assistant", **mine).latest("pk")
 conversation = reply.conversation
 print(json.dumps({
     "status": reply.status, "finish_reason": reply.finish_reason, "content": reply.content,
@@ -533,6 +535,19 @@ def test_disconnecting_mid_stream_stops_the_reply(embedded_server, new_user):
         model="grok-1:regular", messages=HELLO, max_tokens=4
     )
     assert again.choices[0].finish_reason in {"stop", "length"}
+
+
+def test_abandoning_a_non_streaming_request_stops_the_reply(embedded_server, new_user):
+    username, key = new_user()
+    body = {"model": "grok-1:regular", "messages": HELLO, "max_tokens": 400}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up before the reply is done
+        httpx.post(embedded_server.url + "/v1/chat/completions", json=body,
+                   headers={"Authorization": f"Bearer {key}"}, timeout=1.0)
+    deadline = time.monotonic() + 30
+    while (stored := django_shell(embedded_server, REPLY, username=username))["status"] in {"queued", "streaming"}:
+        assert time.monotonic() < deadline, stored
+        time.sleep(0.5)
+    assert stored["status"] == "stopped" and stored["completion_tokens"] < 400
 
 
 # -- following a reply --------------------------------------------------------------------------
