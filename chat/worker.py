@@ -322,13 +322,18 @@ def _status(update: Update) -> str:
 
 
 def load_engine() -> Engine:
-    """The engine the settings describe (GROK_CHECKPOINT, GROK_QUANT, GROK_DEVICE, budgets)."""
+    """The engine the settings describe (GROK_CHECKPOINT, GROK_QUANT, GROK_DEVICE, GROK_DTYPE,
+    budgets)."""
+    from inference.checkpoint import DTYPES
     from inference.engine import Engine
 
+    if settings.GROK_DTYPE and settings.GROK_DTYPE not in DTYPES:
+        raise ValueError(f"GROK_DTYPE is {settings.GROK_DTYPE!r}; choose one of {', '.join(DTYPES)}")
     return Engine(
         settings.GROK_CHECKPOINT,
         quant=settings.GROK_QUANT,
         device=settings.GROK_DEVICE or None,
+        dtype=DTYPES.get(settings.GROK_DTYPE),
         max_batch=settings.GROK_MAX_BATCH,
         max_gpu_memory=settings.GROK_MAX_GPU_MEMORY or None,
         max_cpu_memory=settings.GROK_MAX_CPU_MEMORY or None,

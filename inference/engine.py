@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from inference.checkpoint import load_model
+from inference.checkpoint import DTYPES, load_model
 from inference.model import Grok, GrokConfig, execution_device
 from inference.quantize import QUANT_MODES
 from inference.tokenizer import StreamDecoder, Tokenizer
@@ -346,6 +346,9 @@ def measure(engine: Engine, batch: int, prompt_len: int, new_tokens: int) -> tup
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="var/tiny", help="checkpoint folder (default: var/tiny)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="activations (default: bfloat16 on cuda, float32 on cpu)"
+    )
 
 
 def generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -365,7 +368,8 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def generate_cli(args: argparse.Namespace) -> None:
     engine = Engine(
-        args.checkpoint, quant=args.quant, device=args.device, max_batch=1, compile=args.compile,
+        args.checkpoint, quant=args.quant, device=args.device, dtype=DTYPES.get(args.dtype), max_batch=1,
+        compile=args.compile,
         max_gpu_memory=args.max_gpu_memory, max_cpu_memory=args.max_cpu_memory, offload_dir=args.offload_dir,
     )
     if engine.is_demo:
@@ -402,14 +406,19 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
 
 
-def bench(checkpoint: str | Path, quants: list[str], batches: list[int], prompt_len: int, new_tokens: int, device: str | None = None) -> None:
+def bench(
+    checkpoint: str | Path, quants: list[str], batches: list[int], prompt_len: int, new_tokens: int,
+    device: str | None = None, dtype: torch.dtype | None = None,
+) -> None:
     """Print prefill and decode tokens/s, and the weight bandwidth decode implies, per quant mode and batch size.
 
     Each figure is the best of BENCH_REPEATS runs: on a shared machine noise only ever slows a run down.
     """
     print(f"{'quant':<6} {'batch':>5} {'prefill tok/s':>14} {'decode tok/s':>13} {'decode GB/s':>12}")
     for quant in quants:
-        engine = Engine(checkpoint, quant=quant, device=device, max_batch=max(batches), max_seq_len=prompt_len + new_tokens)
+        engine = Engine(
+            checkpoint, quant=quant, device=device, dtype=dtype, max_batch=max(batches), max_seq_len=prompt_len + new_tokens
+        )
         measure(engine, 1, 8, 2)  # warm-up
         for batch in batches:
             runs = [measure(engine, batch, prompt_len, new_tokens) for _ in range(BENCH_REPEATS)]
@@ -419,4 +428,4 @@ def bench(checkpoint: str | Path, quants: list[str], batches: list[int], prompt_
 
 
 def bench_cli(args: argparse.Namespace) -> None:
-    bench(args.checkpoint, args.quant, args.batch, args.prompt_len, args.new_tokens, args.device)
+    bench(args.checkpoint, args.quant, args.batch, args.prompt_len, args.new_tokens, args.device, DTYPES.get(args.dtype))

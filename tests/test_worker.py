@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from inference.engine import Request, SamplingParams
 from inference.worker import STOPPED_ERROR, Worker
@@ -274,3 +275,15 @@ def test_flush_interval_is_respected(engine, interval):
     run_until(worker)
     times = [t for t, _ in sink.deliveries]
     assert all(b - a >= interval * 0.9 for a, b in zip(times, times[1:-1]))
+
+
+def test_the_settings_pick_the_engine_and_a_bad_dtype_is_refused(settings, tiny_checkpoint):
+    from chat.worker import load_engine
+
+    settings.GROK_CHECKPOINT, settings.GROK_QUANT, settings.GROK_MAX_BATCH = str(tiny_checkpoint), "int8", 1
+    settings.GROK_DEVICE, settings.GROK_DTYPE = "cpu", "bfloat16"
+    engine = load_engine()
+    assert engine.model.embed.weight.dtype == torch.bfloat16 and len(engine.slots) == 1
+    settings.GROK_DTYPE = "float16"
+    with pytest.raises(ValueError, match="GROK_DTYPE is 'float16'; choose one of float32, bfloat16"):
+        load_engine()

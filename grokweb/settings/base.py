@@ -131,6 +131,7 @@ else:
 GROK_CHECKPOINT = os.environ.get("GROK_CHECKPOINT", str(VAR_DIR / "tiny"))
 GROK_QUANT = os.environ.get("GROK_QUANT", "int8")  # int8 | nf4 | none
 GROK_DEVICE = os.environ.get("GROK_DEVICE", "")  # "" = cuda when available, else cpu
+GROK_DTYPE = os.environ.get("GROK_DTYPE", "")  # activations: "" = bfloat16 on cuda, float32 on cpu
 GROK_MAX_GPU_MEMORY = os.environ.get("GROK_MAX_GPU_MEMORY", "")
 GROK_MAX_CPU_MEMORY = os.environ.get("GROK_MAX_CPU_MEMORY", "")
 GROK_OFFLOAD_DIR = os.environ.get("GROK_OFFLOAD_DIR", "")
