@@ -119,7 +119,12 @@ def random_parameters(config: GrokConfig, seed: int) -> dict[str, np.ndarray | Q
 
 def make_tiny(dst: str | Path, seed: int = 0) -> None:
     """Write the tiny demo checkpoint (converted format, with its tokenizer) to dst."""
-    config = tiny_config()
+    make_random(dst, tiny_config(), seed, model_name="grok-1-tiny-demo")
+
+
+def make_random(dst: str | Path, config: GrokConfig, seed: int, model_name: str) -> None:
+    """Write a seeded random checkpoint of `config`'s shape (converted format, with the tiny
+    tokenizer, which sets the vocabulary: 2048) to dst."""
     params = random_parameters(config, seed)
     sources = [(name, _nbytes(value)) for name, value in params.items()]
     with tempfile.TemporaryDirectory() as folder:
@@ -127,7 +132,7 @@ def make_tiny(dst: str | Path, seed: int = 0) -> None:
         tokenizer.write_bytes(train_tokenizer(config.vocab_size))
         write_converted(
             dst,
-            asdict(config) | {"model_name": "grok-1-tiny-demo", "demo": True},
+            asdict(config) | {"model_name": model_name, "demo": True},
             sources,
             params.__getitem__,
             tokenizer=tokenizer,
