@@ -323,7 +323,7 @@ def _status(update: Update) -> str:
 
 def load_engine() -> Engine:
     """The engine the settings describe (GROK_CHECKPOINT, GROK_QUANT, GROK_DEVICE, GROK_DTYPE,
-    budgets)."""
+    GROK_MAX_BATCH, GROK_CONTEXT_LEN, the memory budgets)."""
     from inference.checkpoint import DTYPES
     from inference.engine import Engine
 
@@ -335,6 +335,7 @@ def load_engine() -> Engine:
         device=settings.GROK_DEVICE or None,
         dtype=DTYPES.get(settings.GROK_DTYPE),
         max_batch=settings.GROK_MAX_BATCH,
+        max_seq_len=settings.GROK_CONTEXT_LEN or None,
         max_gpu_memory=settings.GROK_MAX_GPU_MEMORY or None,
         max_cpu_memory=settings.GROK_MAX_CPU_MEMORY or None,
         offload_dir=settings.GROK_OFFLOAD_DIR or None,

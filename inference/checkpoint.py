@@ -214,8 +214,10 @@ def load_model(
     max_gpu_memory: str | int | None = None,
     max_cpu_memory: str | int | None = None,
     offload_dir: str | Path | None = None,
+    kv_bytes: int = 0,
 ) -> Grok:
-    """Load a released or converted checkpoint into an inference-ready model.
+    """Load a released or converted checkpoint into an inference-ready model. With budgets,
+    `kv_bytes` of them are kept for the KV cache (inference/placement.py `max_memory`).
 
     The model is built on the meta device with the `quant` kind of projections; each tensor is then
     read, checked, and put in place on its device (or written to `offload_dir` for disk), so the
@@ -231,7 +233,9 @@ def load_model(
 
     placed = max_gpu_memory is not None or max_cpu_memory is not None
     if placed:
-        device_map = placement.device_map(model, max_gpu_memory=max_gpu_memory, max_cpu_memory=max_cpu_memory)
+        device_map = placement.device_map(
+            model, max_gpu_memory=max_gpu_memory, max_cpu_memory=max_cpu_memory, kv_bytes=kv_bytes
+        )
         if "disk" in device_map.values():
             if offload_dir is None:
                 raise ValueError("the model does not fit in the memory budgets: give offload_dir for the layers that go to disk")

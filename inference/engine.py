@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from inference.checkpoint import DTYPES, load_model
+from inference.checkpoint import DTYPES, load_model, read_config
 from inference.model import Grok, GrokConfig, execution_device
+from inference.placement import kv_cache_bytes
 from inference.quantize import QUANT_MODES
 from inference.tokenizer import StreamDecoder, Tokenizer
 
@@ -155,13 +156,14 @@ class Engine:
         config_file = path / "config.json"
         extra = json.loads(config_file.read_text()) if config_file.is_file() else {}
 
+        self.config: GrokConfig = read_config(path)
+        self.context_len = min(max_seq_len or self.config.sequence_len, self.config.sequence_len)
         self.model: Grok = load_model(
             path, quant=quant, dtype=dtype, device=device,
             max_gpu_memory=max_gpu_memory, max_cpu_memory=max_cpu_memory, offload_dir=offload_dir,
+            kv_bytes=kv_cache_bytes(self.config, max_batch, self.context_len, dtype),
         )
         self.tokenizer = Tokenizer(tokenizer_file)
-        self.config: GrokConfig = self.model.config
-        self.context_len = min(max_seq_len or self.config.sequence_len, self.config.sequence_len)
         self.model_name: str = extra.get("model_name", path.resolve().name)
         self.is_demo = bool(extra.get("demo", False))
         self.device = execution_device(self.model.embed)  # inputs go in and logits come out here

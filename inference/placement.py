@@ -34,18 +34,44 @@ def parse_bytes(value: str | int) -> int:
     return value if isinstance(value, int) else convert_file_size_to_int(value)
 
 
-def max_memory(max_gpu_memory: str | int | None, max_cpu_memory: str | int | None, num_gpus: int | None = None) -> dict:
-    """accelerate's budget dict: each GPU gets max_gpu_memory (none without it), the CPU max_cpu_memory
-    (default: the RAM available now), disk whatever is left."""
+def kv_cache_bytes(config: GrokConfig, max_batch: int, context_len: int, dtype: torch.dtype) -> int:
+    """The static KV cache (inference/model.py `setup_cache`): keys and values of every layer."""
+    per_layer = 2 * max_batch * config.num_kv_heads * context_len * config.key_size * dtype.itemsize
+    return config.num_layers * per_layer
+
+
+def max_memory(
+    max_gpu_memory: str | int | None,
+    max_cpu_memory: str | int | None,
+    num_gpus: int | None = None,
+    kv_bytes: int = 0,
+) -> dict:
+    """accelerate's budget dict for the weights: each GPU gets max_gpu_memory (none without it), the
+    CPU max_cpu_memory (default: the RAM available now), disk whatever is left. The KV cache
+    (`kv_bytes`) comes out of the budgets of the devices that run the layers: shared among the
+    GPUs (layers offloaded to CPU or disk run on the first GPU, and so keep their cache there:
+    exact for one GPU and for GPUs holding every layer), else the CPU's."""
     import psutil
 
     budget: dict[int | str, int] = {}
+    cpu = psutil.virtual_memory().available if max_cpu_memory is None else parse_bytes(max_cpu_memory)
     if max_gpu_memory is not None:
         gpus = torch.cuda.device_count() if num_gpus is None else num_gpus
         if gpus == 0:
             raise ValueError("max_gpu_memory was given but there is no CUDA device")
-        budget.update(dict.fromkeys(range(gpus), parse_bytes(max_gpu_memory)))
-    budget["cpu"] = psutil.virtual_memory().available if max_cpu_memory is None else parse_bytes(max_cpu_memory)
+        per_gpu = parse_bytes(max_gpu_memory) - -(-kv_bytes // gpus)
+        if per_gpu <= 0:
+            raise ValueError(
+                f"the KV cache ({kv_bytes / 2**30:.1f} GiB) does not fit in max_gpu_memory: lower the batch or the context length"
+            )
+        budget.update(dict.fromkeys(range(gpus), per_gpu))
+    elif max_cpu_memory is not None:
+        cpu -= kv_bytes
+        if cpu <= 0:
+            raise ValueError(
+                f"the KV cache ({kv_bytes / 2**30:.1f} GiB) does not fit in max_cpu_memory: lower the batch or the context length"
+            )
+    budget["cpu"] = cpu
     budget["disk"] = DISK_SPACE
     return budget
 
@@ -68,13 +94,15 @@ def device_map(
     max_gpu_memory: str | int | None = None,
     max_cpu_memory: str | int | None = None,
     num_gpus: int | None = None,
+    kv_bytes: int = 0,
 ) -> dict[str, int | str]:
-    """Device of each unit (GPU index, "cpu" or "disk") of a meta model under the budgets."""
+    """Device of each unit (GPU index, "cpu" or "disk") of a meta model under the budgets, with
+    `kv_bytes` of KV cache kept out of them (`max_memory`)."""
     from accelerate import infer_auto_device_map
 
     found = infer_auto_device_map(
         model,
-        max_memory=max_memory(max_gpu_memory, max_cpu_memory, num_gpus),
+        max_memory=max_memory(max_gpu_memory, max_cpu_memory, num_gpus, kv_bytes),
         no_split_module_classes=NO_SPLIT,
         special_dtypes=_special_dtypes(model),
     )
@@ -111,6 +139,8 @@ def dispatch(model: nn.Module, device_map: dict, offload_dir: str | Path | None,
 class Plan:
     rows: list[tuple[str, list[str], int]]  # (device, units, bytes) in placement order
     total_bytes: int
+    kv_bytes: int  # the KV cache, kept out of the budgets
+    kv_shape: tuple[int, int]  # (slots, tokens each)
     parameters: int
     tokens_per_second: float
 
@@ -123,12 +153,19 @@ def make_plan(
     max_gpu_memory: str | int | None = None,
     max_cpu_memory: str | int | None = None,
     num_gpus: int | None = None,
+    max_batch: int = 8,
+    context_len: int | None = None,
 ) -> Plan:
-    """Placement, bytes per device and the decode estimate, from the meta model alone."""
+    """Placement, bytes per device and the decode estimate, from the meta model alone, for an
+    engine of `max_batch` slots of `context_len` tokens (default: the model's sequence length)."""
     from accelerate.utils import compute_module_sizes
 
     model = meta_model(config, quant, dtype)
-    placement = device_map(model, max_gpu_memory=max_gpu_memory, max_cpu_memory=max_cpu_memory, num_gpus=num_gpus)
+    context_len = context_len or config.sequence_len
+    kv_bytes = kv_cache_bytes(config, max_batch, context_len, dtype)
+    placement = device_map(
+        model, max_gpu_memory=max_gpu_memory, max_cpu_memory=max_cpu_memory, num_gpus=num_gpus, kv_bytes=kv_bytes
+    )
     sizes = compute_module_sizes(model, special_dtypes=_special_dtypes(model))
     rows: list[tuple[str, list[str], int]] = []
     for unit, device in placement.items():
@@ -150,7 +187,7 @@ def make_plan(
         else:  # disk: read whole each forward, then over PCIe to the GPU when there is one
             seconds += sizes[unit] / DISK_BANDWIDTH + (sizes[unit] / PCIE_BANDWIDTH if has_gpu else 0)
     parameters = sum(p.numel() for p in model.parameters())
-    return Plan(rows, sizes[""], parameters, 1 / seconds)
+    return Plan(rows, sizes[""], kv_bytes, (max_batch, context_len), parameters, 1 / seconds)
 
 
 def _layer_ranges(unit_names: list[str]) -> str:
@@ -173,6 +210,11 @@ def format_plan(plan: Plan, title: str) -> str:
     lines = [title, f"{'device':<8} {'GB':>8}  units"]
     lines += [f"{device:<8} {nbytes / 1e9:>8.2f}  {_layer_ranges(names)}" for device, names, nbytes in plan.rows]
     lines.append(f"{'total':<8} {plan.total_bytes / 1e9:>8.2f}  ({plan.parameters:,} parameters)")
+    slots, tokens = plan.kv_shape
+    lines.append(
+        f"KV cache {plan.kv_bytes / 1e9:.2f} GB for {slots} slots of {tokens} tokens, on the devices that run the"
+        " layers, inside the budgets (the weights get the rest)"
+    )
     lines.append(
         f"decode estimate, batch 1: {plan.tokens_per_second:.2f} tokens/s (bandwidth bound: GPU {GPU_BANDWIDTH / 1e12:.2f} TB/s,"
         f" PCIe {PCIE_BANDWIDTH / 1e9:.0f} GB/s, disk {DISK_BANDWIDTH / 1e9:.0f} GB/s, CPU {CPU_BANDWIDTH / 1e9:.0f} GB/s)"
@@ -188,6 +230,8 @@ def plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cpu-memory", help="CPU RAM budget, e.g. 200GiB (default: RAM available now)")
     parser.add_argument("--offload-dir", help="folder for layers offloaded to disk")
     parser.add_argument("--num-gpus", type=int, help="GPUs to plan for (default: those present, or 1 without CUDA)")
+    parser.add_argument("--max-batch", type=int, default=8, help="replies decoded at once: KV cache slots (default 8)")
+    parser.add_argument("--context-len", type=int, help="tokens per slot (default: the model's sequence length)")
 
 
 def plan_cli(args: argparse.Namespace) -> None:
@@ -204,6 +248,8 @@ def plan_cli(args: argparse.Namespace) -> None:
         max_gpu_memory=args.max_gpu_memory,
         max_cpu_memory=args.max_cpu_memory,
         num_gpus=num_gpus,
+        max_batch=args.max_batch,
+        context_len=args.context_len,
     )
     name = args.checkpoint or "Grok-1 (full preset)"
     print(format_plan(plan, f"{name}: {config.num_layers} layers, quant {args.quant}, activations {args.dtype}"))

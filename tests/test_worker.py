@@ -281,9 +281,10 @@ def test_the_settings_pick_the_engine_and_a_bad_dtype_is_refused(settings, tiny_
     from chat.worker import load_engine
 
     settings.GROK_CHECKPOINT, settings.GROK_QUANT, settings.GROK_MAX_BATCH = str(tiny_checkpoint), "int8", 1
-    settings.GROK_DEVICE, settings.GROK_DTYPE = "cpu", "bfloat16"
+    settings.GROK_DEVICE, settings.GROK_DTYPE, settings.GROK_CONTEXT_LEN = "cpu", "bfloat16", 256
     engine = load_engine()
     assert engine.model.embed.weight.dtype == torch.bfloat16 and len(engine.slots) == 1
+    assert engine.context_len == 256 and engine.model.layers[0].attn.k_cache.shape[2] == 256
     settings.GROK_DTYPE = "float16"
     with pytest.raises(ValueError, match="GROK_DTYPE is 'float16'; choose one of float32, bfloat16"):
         load_engine()

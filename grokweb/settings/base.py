@@ -136,6 +136,8 @@ GROK_MAX_GPU_MEMORY = os.environ.get("GROK_MAX_GPU_MEMORY", "")
 GROK_MAX_CPU_MEMORY = os.environ.get("GROK_MAX_CPU_MEMORY", "")
 GROK_OFFLOAD_DIR = os.environ.get("GROK_OFFLOAD_DIR", "")
 GROK_MAX_BATCH = int(os.environ.get("GROK_MAX_BATCH", "8"))
+# Tokens of context per reply (0 = the model's own, 8192): with GROK_MAX_BATCH it sizes the KV cache.
+GROK_CONTEXT_LEN = int(os.environ.get("GROK_CONTEXT_LEN", "0"))
 GROK_EMBEDDED_WORKER = env_bool("GROK_EMBEDDED_WORKER", not REDIS_URL)
 # Sampling defaults for every reply (recorded on it); a reply may use at most half the context.
 GROK_MAX_NEW_TOKENS = int(os.environ.get("GROK_MAX_NEW_TOKENS", "1024"))

@@ -40,6 +40,32 @@ def test_cpu_and_disk_placement_gives_the_same_logits(tiny_checkpoint, budget, t
         torch.testing.assert_close(placed, reference, rtol=0, atol=0)
 
 
+def test_the_kv_cache_is_kept_out_of_the_budgets(tiny_checkpoint, budget, tmp_path):
+    config = GrokConfig()
+    kv = placement.kv_cache_bytes(config, 8, 8192, torch.bfloat16)
+    assert kv == 8 * 8192 * 256 * 2**10  # 256 KiB a token of context: 16 GiB for 8 full slots
+    gpus = placement.max_memory("80GiB", "100GiB", num_gpus=2, kv_bytes=kv)
+    assert gpus[0] == gpus[1] == 80 * 2**30 - kv // 2 and gpus["cpu"] == 100 * 2**30
+    assert placement.max_memory(None, "100GiB", kv_bytes=kv)["cpu"] == 100 * 2**30 - kv
+    with pytest.raises(ValueError, match=r"KV cache \(16.0 GiB\) does not fit in max_gpu_memory"):
+        placement.max_memory("10GiB", None, num_gpus=1, kv_bytes=kv)
+
+    one, eight = (
+        placement.make_plan(config, "int8", max_gpu_memory="80GiB", max_cpu_memory="400GiB", num_gpus=1, max_batch=b)
+        for b in (1, 8)
+    )
+    assert (one.kv_bytes, eight.kv_bytes) == (kv // 8, kv) and eight.kv_shape == (8, 8192)
+    assert len(eight.rows[0][1]) < len(one.rows[0][1])  # fewer layers on the GPU
+    assert eight.rows[0][2] <= 80 * 2**30 - kv
+
+    # Loading keeps it out too: a layer's worth of cache sends one more tiny layer to disk.
+    layer = compute_module_sizes(meta_model(read_config(tiny_checkpoint), "int8", torch.float32))["layers.0"]
+    model = load_model(
+        tiny_checkpoint, quant="int8", dtype=torch.float32, max_cpu_memory=budget, offload_dir=tmp_path, kv_bytes=layer
+    )
+    assert [str(next(layer.parameters()).device) for layer in model.layers] == ["cpu", "meta", "meta", "meta"]
+
+
 def test_disk_needs_an_offload_dir_and_int8_or_float(tiny_checkpoint, budget, tmp_path):
     with pytest.raises(ValueError, match="offload_dir"):
         load_model(tiny_checkpoint, quant="int8", max_cpu_memory=budget)
@@ -88,7 +114,9 @@ def test_plan_cli_prints_devices_bytes_and_speed(capsys):
     lines = out.splitlines()
     assert lines[0].startswith("Grok-1 (full preset): 64 layers, quant int8")
     assert lines[2].split()[:1] == ["cuda:0"] and "embed, layers 0-" in lines[2]
-    assert any(line.startswith("disk") and line.endswith("layers 53-63, norm") for line in lines)
+    # 16 GiB of KV cache (8 slots of 8192 tokens) kept out of the GPUs' budgets
+    assert any(line.startswith("disk") and line.endswith("layers 49-63, norm") for line in lines)
+    assert "KV cache 17.18 GB for 8 slots of 8192 tokens" in out
     total = next(line for line in lines if line.startswith("total"))
     assert 310 < float(total.split()[1]) < 325  # GB
     assert "tokens/s" in out and "--offload-dir" in out
