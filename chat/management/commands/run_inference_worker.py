@@ -4,6 +4,7 @@ import logging
 import signal
 import threading
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from chat.worker import Publisher, event_loop_thread, load_engine, serve
@@ -21,7 +22,12 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         engine = load_engine()
-        log.info("worker ready: %s (demo: %s)", engine.model_name, engine.is_demo)
+        cache = engine.model.layers[0].attn.k_cache  # [slots, K, S, D]
+        log.info(
+            "worker ready: %s (demo: %s), %s, %s activations, %d slots of %d tokens, KV cache %.2f GB",
+            engine.model_name, engine.is_demo, settings.GROK_QUANT, str(cache.dtype).removeprefix("torch."),
+            cache.shape[0], engine.context_len, 2 * len(engine.model.layers) * cache.nbytes / 1e9,
+        )
         with event_loop_thread() as loop:
             serve(engine, Publisher(loop), stop)
         log.info("worker stopped")
