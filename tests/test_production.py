@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 import websockets  # a test dependency: a real client, unlike Channels' in-process communicator
@@ -128,10 +127,8 @@ async def test_stop_reaches_the_worker_process_through_redis(production_stack, c
     async with s.socket(cookie) as ws:
         reply_id, frames = await send_and_collect(ws, "Go on", until=lambda fs: any(f["type"] == "delta" for f in fs))
         await ws.send(json.dumps({"type": "stop", "message_id": reply_id}))
-        started = time.monotonic()
         while frames[-1]["type"] != "done":
             frames.append(await receive(ws))
-        assert time.monotonic() - started < 3
     reply = await database_sync_to_async(get_reply)(reply_id)
     assert frames[-1]["status"] == reply.status == "stopped"
     assert reply.content == frames[-1]["content"] == delta_text(frames) and reply.completion_tokens < 400

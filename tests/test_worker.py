@@ -154,13 +154,13 @@ def test_cancel_ends_a_reply_promptly_keeping_its_text(engine):
     worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
     run_until(worker, lambda: len(sink.updates("1")) >= 2)
     source.cancels.add("1")
-    started = time.monotonic()
+    at_cancel = sink.updates("1")[-1].completion_tokens
     run_until(worker)
-    assert time.monotonic() - started < 1.0
     final = sink.final("1")
     assert final.finish_reason == "cancelled" and not final.error
     assert final.text and final.text.startswith(sink.updates("1")[-2].text)
-    assert final.completion_tokens < 400
+    # Promptly, in steps: cancels are read every flush interval, a few steps at most.
+    assert final.completion_tokens <= at_cancel + 40
 
 
 def test_a_failing_request_fails_alone(engine):
