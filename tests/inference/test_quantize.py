@@ -68,7 +68,10 @@ def float_logits(golden_dir, tokens) -> dict:
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_int8_model_matches_dequantised_model(golden_dir, tokens, float_logits, dtype, tolerance):
+@pytest.mark.parametrize("kernel", [False, True], ids=["cast", "kernel"])
+def test_int8_model_matches_dequantised_model(golden_dir, tokens, float_logits, dtype, tolerance, kernel, monkeypatch):
+    if kernel:  # PyTorch's int8 kernel wherever it may run, though these weights are small
+        monkeypatch.setattr(quantize, "INT8_KERNEL_MIN_BLOCK", 1)
     model = load_model(golden_dir, quant="int8", dtype=dtype)
     assert isinstance(model.layers[0].moe.experts[3].linear_v, Int8Linear)
     assert relative_error(logits(model, tokens), float_logits[dtype]) < tolerance
