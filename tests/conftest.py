@@ -20,6 +20,12 @@ def user_factory(django_user_model):
 
 
 @pytest.fixture
+def ann(user_factory):
+    """A user on the Free plan (the default: no subscription row)."""
+    return user_factory("ann")
+
+
+@pytest.fixture
 def conversation_factory(db):
     """Make a conversation holding finished turns:
     conversation_factory(user, [("user", "hi"), ("assistant", "hello")], persona="grok")."""

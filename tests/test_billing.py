@@ -22,11 +22,6 @@ def secret(settings):
 
 
 @pytest.fixture
-def ann(user_factory):
-    return user_factory("ann")
-
-
-@pytest.fixture
 def webhook():
     """webhook(event, ...) posts it signed as a provider would, from a client that enforces
     CSRF like a browser's: the webhook is authenticated by its signature alone."""

@@ -22,11 +22,6 @@ pytestmark = pytest.mark.django_db
 UTC = dt.timezone.utc
 
 
-@pytest.fixture
-def ann(user_factory):
-    return user_factory("ann")  # on Free: no subscription row
-
-
 def set_limits(slug: str = "free", **limits) -> Plan:
     Plan.objects.filter(slug=slug).update(**limits)
     return Plan.objects.get(slug=slug)

@@ -16,11 +16,6 @@ HOSTILE = 'Look: <script>alert("x")</script> <img src=x onerror=alert(1)> **bold
 
 
 @pytest.fixture
-def ann(user_factory):
-    return user_factory("ann")
-
-
-@pytest.fixture
 def chat(ann, conversation_factory):
     """Ann's conversation about sourdough, with a hostile reply and its recorded generation."""
     chat = conversation_factory(

@@ -14,11 +14,6 @@ PASSWORD = "a-Strong-pass-42"
 
 
 @pytest.fixture
-def ann(user_factory):
-    return user_factory("ann")
-
-
-@pytest.fixture
 def ann_client(client, ann):
     client.force_login(ann)
     return client
