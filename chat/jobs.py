@@ -27,6 +27,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 STREAM = "grokweb:jobs"
 GROUP = "workers"
 CANCEL_PREFIX = "grokweb:cancel:"
+HELD = "grokweb:held"  # worker -> "<replies it holds for a free slot> <unix time>"
+HELD_TTL = 5.0  # seconds; workers refresh theirs twice a second while busy
 CANCEL_TTL = 3600  # seconds; far longer than any reply, short enough not to pile up keys
 
 
@@ -65,6 +68,7 @@ class JobQueue(Protocol):
     def ack(self, job: Job) -> None: ...  # the reply is saved: the job is over
     def heartbeat(self, jobs: Collection[Job]) -> None: ...  # still at work on them: not to claim
     def backlog(self, limit: int) -> list[int]: ...  # not yet taken by any worker, oldest first
+    def held_elsewhere(self, held: int) -> int: ...  # this worker holds `held` for a free slot; the others?
 
 
 class LocalQueue:
@@ -117,6 +121,9 @@ class LocalQueue:
     def backlog(self, limit: int) -> list[int]:
         with self._jobs.mutex:
             return list(itertools.islice(self._jobs.queue, limit))
+
+    def held_elsewhere(self, held: int) -> int:
+        return 0  # one worker
 
 
 class RedisQueue:
@@ -221,6 +228,23 @@ class RedisQueue:
             return []
         entries = self.redis.xrange(STREAM, min=f"({last}", max="+", count=limit)
         return [int(fields["message_id"]) for _entry_id, fields in entries]
+
+    def held_elsewhere(self, held: int) -> int:
+        """Each worker records in one hash how many replies it holds for a free slot, and when; a
+        record older than HELD_TTL is a worker gone, and dropped."""
+        now = time.time()
+        with self.redis.pipeline() as pipe:
+            records = pipe.hset(HELD, self.consumer, f"{held} {now}").hgetall(HELD).execute()[1]
+        total, stale = 0, []
+        for consumer, record in records.items():
+            count, at = record.split()
+            if now - float(at) > HELD_TTL:
+                stale.append(consumer)
+            elif consumer != self.consumer:
+                total += int(count)
+        if stale:
+            self.redis.hdel(HELD, *stale)
+        return total
 
     def cancelled(self, message_ids: Collection[int]) -> set[int]:
         ids = list(message_ids)

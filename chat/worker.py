@@ -233,8 +233,8 @@ class Replies:
     def cancelled(self, request_ids: Collection[str]) -> set[str]:
         return {str(i) for i in self.queue.cancelled([int(i) for i in request_ids])}
 
-    def waiting(self, limit: int) -> list[str]:
-        return [str(i) for i in self.queue.backlog(limit)]
+    def waiting(self, limit: int, held: int) -> tuple[int, list[str]]:
+        return self.queue.held_elsewhere(held), [str(i) for i in self.queue.backlog(limit)]
 
     # -- sink -----------------------------------------------------------------------------------
 

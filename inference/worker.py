@@ -43,8 +43,9 @@ class JobSource(Protocol):
     def cancelled(self, request_ids: Collection[str]) -> set[str]:
         """Those of `request_ids` whose cancellation was asked for."""
 
-    def waiting(self, limit: int) -> list[str]:
-        """Up to `limit` requests no worker has taken yet, oldest first."""
+    def waiting(self, limit: int, held: int) -> tuple[int, list[str]]:
+        """(how many requests other workers hold for a free slot, up to `limit` requests no worker
+        has taken yet, oldest first); `held`: how many this worker holds, for the others to know."""
 
 
 @dataclass
@@ -128,6 +129,7 @@ class Worker:
         self._retry_at = float("-inf")
         self._positions: dict[str, int] = {}
         self._backlog: list[str] = []  # the source's `waiting`, looked at every BACKLOG_INTERVAL
+        self._held_elsewhere = 0  # replies other workers hold for a free slot, as of that look
         self._backlog_at = float("-inf")
         self._step_failures = 0
         self._source_failures = 0
@@ -167,6 +169,10 @@ class Worker:
 
     # -- steps of a tick ------------------------------------------------------------------------
 
+    def _waiting(self) -> list[str]:
+        """Requests this worker holds for a free slot, first in line first."""
+        return [i for i in self.engine.queued() if i in self.replies]
+
     def _running(self) -> list[str]:
         return [r.request_id for r in self.replies.values() if r.finish_reason is None]
 
@@ -184,10 +190,10 @@ class Worker:
                 for request_id in self.source.cancelled(self._running()):
                     self._cancel(request_id)
             if not busy:  # nothing held waits, so neither does anything in the queue
-                self._backlog = []
+                self._backlog, self._held_elsewhere = [], 0
             elif now >= self._backlog_at:
                 self._backlog_at = now + BACKLOG_INTERVAL
-                self._backlog = self.source.waiting(MAX_POSITIONS)
+                self._held_elsewhere, self._backlog = self.source.waiting(MAX_POSITIONS, len(self._waiting()))
         except Exception as exc:  # the queue is away: keep writing the replies in hand, look again later
             retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY * 2**self._source_failures)
             self._source_failures += 1
@@ -266,11 +272,13 @@ class Worker:
 
     def _flush(self, now: float) -> None:
         self._last_flush = now
-        # In line: those this worker holds for a free slot, then those no worker took yet. (With
-        # several workers, the second part counts after this worker's own waiting ones.)
-        waiting = [i for i in self.engine.queued() if i in self.replies]
-        waiting += self._backlog[: MAX_POSITIONS - len(waiting)]
-        positions = {request_id: place for place, request_id in enumerate(waiting, 1)}
+        # In line: those this worker holds for a free slot, then those no worker took yet, behind
+        # all that every worker holds (so that all workers tell a waiting page the same place).
+        held = self._waiting()
+        positions = {request_id: place for place, request_id in enumerate(held, 1)}
+        ahead = len(held) + self._held_elsewhere
+        for place, request_id in enumerate(self._backlog[: max(0, MAX_POSITIONS - ahead)], ahead + 1):
+            positions[request_id] = place
         changed = {i: p for i, p in positions.items() if self._positions.get(i) != p}
         self._positions = positions
         if changed:

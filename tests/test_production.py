@@ -74,6 +74,17 @@ def test_the_backlog_is_what_no_worker_took_oldest_first(redis_db):
 
 
 @pytest.mark.production
+def test_workers_learn_how_many_replies_the_others_hold_and_forget_gone_ones(redis_db):
+    ann, bob = jobs.RedisQueue(TEST_REDIS_URL, 8), jobs.RedisQueue(TEST_REDIS_URL, 8)
+    ann.consumer, bob.consumer = "ann", "bob"
+    redis_db.hset(jobs.HELD, "gone", "7 1000.0")  # a worker silent since 1970
+    assert ann.held_elsewhere(3) == 0
+    assert bob.held_elsewhere(2) == 3
+    assert ann.held_elsewhere(1) == 2
+    assert set(redis_db.hkeys(jobs.HELD)) == {"ann", "bob"}
+
+
+@pytest.mark.production
 def test_enqueue_with_a_full_redis_queue_is_busy_and_marks_the_reply_failed(
     committed_db, redis_settings, settings, user_factory, conversation_factory
 ):

@@ -18,6 +18,7 @@ class Source:
     def __init__(self):
         self.pending: list[Request] = []
         self.cancels: set[str] = set()
+        self.held_elsewhere = 0  # what other workers hold for a free slot, as `waiting` says
 
     def take(self, max_jobs, timeout):
         taken, self.pending = self.pending[:max_jobs], self.pending[max_jobs:]
@@ -26,8 +27,8 @@ class Source:
     def cancelled(self, request_ids):
         return self.cancels & set(request_ids)
 
-    def waiting(self, limit):
-        return [r.id for r in self.pending[:limit]]
+    def waiting(self, limit, held):
+        return self.held_elsewhere, [r.id for r in self.pending[:limit]]
 
 
 class Sink:
@@ -98,14 +99,17 @@ def test_batched_replies_match_their_solo_runs_and_arrive_in_batches(engine):
     assert all(b - a >= FLUSH * 0.9 for a, b in zip(times, times[1:-1]))
 
 
-def test_waiting_replies_are_told_their_place_behind_those_held_and_move_up(engine):
+@pytest.mark.parametrize("held_elsewhere", [0, 5])
+def test_waiting_replies_are_told_their_place_behind_those_held_and_move_up(engine, held_elsewhere):
     source, sink, slots = Source(), Sink(), len(engine.slots)
+    source.held_elsewhere = held_elsewhere  # other workers' replies waiting for their slots
     source.pending = [request(engine, str(i)) for i in range(slots + 3)]
     worker = Worker(engine, source, sink, max_jobs=slots + 1, flush_interval=FLUSH)
     run_until(worker)
     held, queued = str(slots), [str(slots + 1), str(slots + 2)]  # one waits in the worker, two in the queue
     assert sink.positions[0] == {held: 1}
-    assert {queued[0]: 2, queued[1]: 3} in sink.positions  # the queue, after the worker's own
+    # The shared queue, after what this worker and the others hold.
+    assert {queued[0]: 2 + held_elsewhere, queued[1]: 3 + held_elsewhere} in sink.positions
     told = {}
     for change in sink.positions:  # only ever up; never again once started (two may start at once)
         assert all(place < told.get(i, place + 1) for i, place in change.items())
