@@ -25,11 +25,7 @@ CLAIM_SECONDS = "2"  # the stacks these scenarios run on use a short claim time
 
 async def kill_worker_mid_reply(stack: Stack, cookie: str) -> dict:
     """With two workers up, kill the one writing a reply once its first text has come."""
-    stack.start_worker("worker2")
-    deadline = time.monotonic() + 60
-    while "worker ready" not in stack.log("worker2"):
-        assert time.monotonic() < deadline, stack.log("worker2")
-        await asyncio.sleep(0.2)
+    await asyncio.to_thread(stack.add_worker, "worker2")
     jobs = redis.Redis.from_url(stack.env["REDIS_URL"], decode_responses=True)
     async with stack.socket(cookie) as ws:
         page = await send(ws, "Tell me a long story")

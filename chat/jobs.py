@@ -67,8 +67,9 @@ class JobQueue(Protocol):
     def cancelled(self, message_ids: Collection[int]) -> set[int]: ...
     def ack(self, job: Job) -> None: ...  # the reply is saved: the job is over
     def heartbeat(self, jobs: Collection[Job]) -> None: ...  # still at work on them: not to claim
-    def backlog(self, limit: int) -> list[int]: ...  # not yet taken by any worker, oldest first
-    def held_elsewhere(self, held: int) -> int: ...  # this worker holds `held` for a free slot; the others?
+    # This worker holds `held` replies for a free slot. (How many the other workers hold, up to
+    # `limit` replies no worker took yet, oldest first, if this worker is the one to tell them.)
+    def waiting(self, limit: int, held: int) -> tuple[int, list[int]]: ...
 
 
 class LocalQueue:
@@ -118,12 +119,9 @@ class LocalQueue:
     def heartbeat(self, jobs: Collection[Job]) -> None:
         pass  # one process: its jobs die with it, and the worker's start recovers their replies
 
-    def backlog(self, limit: int) -> list[int]:
-        with self._jobs.mutex:
-            return list(itertools.islice(self._jobs.queue, limit))
-
-    def held_elsewhere(self, held: int) -> int:
-        return 0  # one worker
+    def waiting(self, limit: int, held: int) -> tuple[int, list[int]]:
+        with self._jobs.mutex:  # one worker: nobody else holds any
+            return 0, list(itertools.islice(self._jobs.queue, limit))
 
 
 class RedisQueue:
@@ -218,7 +216,27 @@ class RedisQueue:
             # JUSTID: a touch, not a delivery; the count the retry limit reads stays as it is.
             self.redis.xclaim(STREAM, GROUP, self.consumer, 0, [j.token for j in jobs], justid=True)
 
-    def backlog(self, limit: int) -> list[int]:
+    def waiting(self, limit: int, held: int) -> tuple[int, list[int]]:
+        """Each worker records in one hash how many replies it holds for a free slot, and when (a
+        record older than HELD_TTL is a worker gone, and dropped). Only the live worker with the
+        least name reads the backlog, so that a waiting page is told one count, not one per worker."""
+        now = time.time()
+        with self.redis.pipeline() as pipe:
+            records = pipe.hset(HELD, self.consumer, f"{held} {now}").hgetall(HELD).execute()[1]
+        others, stale = {}, []
+        for consumer, record in records.items():
+            count, at = record.split()
+            if now - float(at) > HELD_TTL:
+                stale.append(consumer)
+            elif consumer != self.consumer:
+                others[consumer] = int(count)
+        if stale:
+            self.redis.hdel(HELD, *stale)
+        if any(consumer < self.consumer for consumer in others):
+            return sum(others.values()), []
+        return sum(others.values()), self._backlog(limit)
+
+    def _backlog(self, limit: int) -> list[int]:
         try:
             groups = self.redis.xinfo_groups(STREAM)
         except redis.ResponseError:  # no stream yet
@@ -228,23 +246,6 @@ class RedisQueue:
             return []
         entries = self.redis.xrange(STREAM, min=f"({last}", max="+", count=limit)
         return [int(fields["message_id"]) for _entry_id, fields in entries]
-
-    def held_elsewhere(self, held: int) -> int:
-        """Each worker records in one hash how many replies it holds for a free slot, and when; a
-        record older than HELD_TTL is a worker gone, and dropped."""
-        now = time.time()
-        with self.redis.pipeline() as pipe:
-            records = pipe.hset(HELD, self.consumer, f"{held} {now}").hgetall(HELD).execute()[1]
-        total, stale = 0, []
-        for consumer, record in records.items():
-            count, at = record.split()
-            if now - float(at) > HELD_TTL:
-                stale.append(consumer)
-            elif consumer != self.consumer:
-                total += int(count)
-        if stale:
-            self.redis.hdel(HELD, *stale)
-        return total
 
     def cancelled(self, message_ids: Collection[int]) -> set[int]:
         ids = list(message_ids)

@@ -234,7 +234,8 @@ class Replies:
         return {str(i) for i in self.queue.cancelled([int(i) for i in request_ids])}
 
     def waiting(self, limit: int, held: int) -> tuple[int, list[str]]:
-        return self.queue.held_elsewhere(held), [str(i) for i in self.queue.backlog(limit)]
+        held_elsewhere, backlog = self.queue.waiting(limit, held)
+        return held_elsewhere, [str(i) for i in backlog]
 
     # -- sink -----------------------------------------------------------------------------------
 

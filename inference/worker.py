@@ -45,7 +45,8 @@ class JobSource(Protocol):
 
     def waiting(self, limit: int, held: int) -> tuple[int, list[str]]:
         """(how many requests other workers hold for a free slot, up to `limit` requests no worker
-        has taken yet, oldest first); `held`: how many this worker holds, for the others to know."""
+        has taken yet, oldest first, or none when another worker tells them their place);
+        `held`: how many this worker holds, for the others to know."""
 
 
 @dataclass
@@ -279,6 +280,9 @@ class Worker:
         ahead = len(held) + self._held_elsewhere
         for place, request_id in enumerate(self._backlog[: max(0, MAX_POSITIONS - ahead)], ahead + 1):
             positions[request_id] = place
+        # First come, first served: a place never rises. A higher figure would only come from
+        # counts a moment old, so a reply keeps the least place it was told.
+        positions = {i: min(p, self._positions.get(i, p)) for i, p in positions.items()}
         changed = {i: p for i, p in positions.items() if self._positions.get(i) != p}
         self._positions = positions
         if changed:

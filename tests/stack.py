@@ -166,6 +166,14 @@ class Stack:
     def start_worker(self, name: str) -> None:
         self.start(name, "manage.py", "run_inference_worker")
 
+    def add_worker(self, name: str) -> None:
+        """Start one more worker process and wait until its model is loaded."""
+        self.start_worker(name)
+        deadline = time.monotonic() + STARTUP
+        while "worker ready" not in self.log(name):
+            assert self.processes[name].poll() is None and time.monotonic() < deadline, self.log(name)
+            time.sleep(0.2)
+
     def log(self, name: str) -> str:
         return (self.tmp_path / f"{name}.log").read_text(errors="replace")
 

@@ -451,7 +451,11 @@ def test_protocol_client(page):
     assert page.url.endswith("/c/42/")
     assert page.locator('#conversation-list .conversation-item[data-id="42"]').inner_text().strip() == "hello there"
     assert page.is_hidden("#composer-error") and box.input_value() == ""
+    page.evaluate("__serve({type: 'queued', message_id: 101, position: 3})")
+    assert "#3 in line" in page.inner_text('.message[data-id="101"] .message-footer')
     page.evaluate("__serve({type: 'queued', message_id: 101, position: 2})")
+    assert "#2 in line" in page.inner_text('.message[data-id="101"] .message-footer')
+    page.evaluate("__serve({type: 'queued', message_id: 101, position: 4})")  # stale counts: kept at 2
     assert "#2 in line" in page.inner_text('.message[data-id="101"] .message-footer')
 
     # Deltas: appended at their offset (in characters as Python counts them: the emoji is one),

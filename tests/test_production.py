@@ -66,21 +66,24 @@ def test_redis_queue_takes_acks_and_cancels(redis_db):
 @pytest.mark.production
 def test_the_backlog_is_what_no_worker_took_oldest_first(redis_db):
     for queue in (jobs.LocalQueue(8), jobs.RedisQueue(TEST_REDIS_URL, max_length=8)):
-        assert queue.backlog(10) == []  # for Redis: no stream yet
+        assert queue.waiting(10, 0) == (0, [])  # for Redis: no stream yet
         for message_id in (1, 2, 3, 4):
             queue.put(message_id)
         assert [j.message_id for j in queue.take(1, 0.05)] == [1]
-        assert queue.backlog(10) == [2, 3, 4] and queue.backlog(2) == [2, 3]
+        assert queue.waiting(10, 0) == (0, [2, 3, 4]) and queue.waiting(2, 0) == (0, [2, 3])
 
 
 @pytest.mark.production
-def test_workers_learn_how_many_replies_the_others_hold_and_forget_gone_ones(redis_db):
+def test_workers_learn_how_many_replies_the_others_hold_and_one_tells_the_backlog(redis_db):
     ann, bob = jobs.RedisQueue(TEST_REDIS_URL, 8), jobs.RedisQueue(TEST_REDIS_URL, 8)
     ann.consumer, bob.consumer = "ann", "bob"
-    redis_db.hset(jobs.HELD, "gone", "7 1000.0")  # a worker silent since 1970
-    assert ann.held_elsewhere(3) == 0
-    assert bob.held_elsewhere(2) == 3
-    assert ann.held_elsewhere(1) == 2
+    redis_db.hset(jobs.HELD, "aaron", "7 1000.0")  # a worker silent since 1970: gone
+    ann.put(5)
+    ann.put(6)
+    assert ann.take(1, 0.05)[0].message_id == 5
+    assert ann.waiting(10, 3) == (0, [6])
+    assert bob.waiting(10, 2) == (3, [])  # ann, the least name alive, tells the backlog
+    assert ann.waiting(10, 1) == (2, [6])
     assert set(redis_db.hkeys(jobs.HELD)) == {"ann", "bob"}
 
 

@@ -431,7 +431,9 @@
     var record = state.messages.get(frame.message_id);
     if (!record || !isActive(record)) return;
     record.status = "queued";
-    record.position = frame.position;
+    // First come, first served: a place never rises. With several workers a higher figure comes
+    // from counts a moment old, so the page keeps the least place it was told.
+    record.position = record.position ? Math.min(record.position, frame.position) : frame.position;
     refreshChrome();
   }
 
