@@ -56,7 +56,8 @@ async def kill_worker_mid_reply(stack: Stack, cookie: str) -> dict:
 
 
 def main() -> None:
-    with Site(GROK_MAX_NEW_TOKENS="200", GROK_JOB_CLAIM_SECONDS=CLAIM_SECONDS) as site:
+    # Greedy: the demo model's greedy replies run to their length (random ones may end early).
+    with Site(GROK_MAX_NEW_TOKENS="200", GROK_JOB_CLAIM_SECONDS=CLAIM_SECONDS, GROK_TEMPERATURE="0") as site:
         result = asyncio.run(kill_worker_mid_reply(site.stack, site.cookies[0]))
     done = result["done"]
     print(f"killed {result['killed']} (SIGKILL) after {len(result['text_before_kill'])} characters")

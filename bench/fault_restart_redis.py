@@ -68,7 +68,8 @@ async def restart_redis_mid_reply(stack: Stack, redis_server: RedisServer, cooki
 
 
 def main() -> None:
-    with Site(GROK_MAX_NEW_TOKENS="300") as site:
+    # Greedy: the demo model's greedy replies run to their length (random ones may end early).
+    with Site(GROK_MAX_NEW_TOKENS="300", GROK_TEMPERATURE="0") as site:
         result = asyncio.run(restart_redis_mid_reply(site.stack, site.redis, site.cookies[0]))
     done = result["done"]
     codes = [e["code"] for e in result["errors"]]

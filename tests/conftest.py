@@ -148,7 +148,9 @@ def private_redis(tmp_path):
 def production_stack(committed_db, redis_db, tiny_checkpoint, tmp_path, settings):
     """production_stack(**env) -> a running Stack (Daphne and a worker process, production
     settings, this test's database), on the test Redis unless `env` names another; stopped
-    (then killed if need be) after the test."""
+    (then killed if need be) after the test. Greedy sampling unless `env` says otherwise: the
+    demo model's random replies sometimes end early (~1 in 40 within 400 tokens), its greedy ones
+    run to their length, which tests that stop or kill a reply midway need."""
     import redis
 
     from chat import jobs
@@ -164,7 +166,7 @@ def production_stack(committed_db, redis_db, tiny_checkpoint, tmp_path, settings
             DJANGO_SETTINGS_MODULE="grokweb.settings.production",
             DJANGO_SECRET_KEY=settings.SECRET_KEY,  # sessions made here must verify there
             DATABASE_URL=f"postgres://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
-            **{"REDIS_URL": stack.TEST_REDIS_URL, **env},
+            **{"REDIS_URL": stack.TEST_REDIS_URL, "GROK_TEMPERATURE": "0", **env},
         )
         started.append(s)
         # The worker makes the consumer group on its first look at the queue.

@@ -511,7 +511,8 @@ def test_rate_limits_answer_429_with_retry_after(embedded_server, new_user):
 
 def test_disconnecting_mid_stream_stops_the_reply(embedded_server, new_user):
     _, key = new_user()  # Free: one reply at a time, so a second request shows the slot freed
-    body = {"model": "grok-1:regular", "messages": HELLO, "max_tokens": 400, "stream": True}
+    # Greedy: the demo model's greedy replies run to their length, random ones may end early.
+    body = {"model": "grok-1:regular", "messages": HELLO, "max_tokens": 400, "stream": True, "temperature": 0}
     with httpx.stream(
         "POST", embedded_server.url + "/v1/chat/completions", json=body,
         headers={"Authorization": f"Bearer {key}"}, timeout=60,
@@ -539,7 +540,7 @@ def test_disconnecting_mid_stream_stops_the_reply(embedded_server, new_user):
 
 def test_abandoning_a_non_streaming_request_stops_the_reply(embedded_server, new_user):
     username, key = new_user()
-    body = {"model": "grok-1:regular", "messages": HELLO, "max_tokens": 400}
+    body = {"model": "grok-1:regular", "messages": HELLO, "max_tokens": 400, "temperature": 0}  # greedy: long
     with pytest.raises(httpx.ReadTimeout):  # the client gives up before the reply is done
         httpx.post(embedded_server.url + "/v1/chat/completions", json=body,
                    headers={"Authorization": f"Bearer {key}"}, timeout=1.0)
