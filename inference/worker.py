@@ -273,8 +273,8 @@ class Worker:
 
     def _flush(self, now: float) -> None:
         self._last_flush = now
-        # In line: those this worker holds for a free slot, then those no worker took yet, behind
-        # all that every worker holds (so that all workers tell a waiting page the same place).
+        # In line: those this worker holds for a free slot, then those no worker took yet (when the
+        # source gives them to this worker to tell), behind all that every worker holds.
         held = self._waiting()
         positions = {request_id: place for place, request_id in enumerate(held, 1)}
         ahead = len(held) + self._held_elsewhere
