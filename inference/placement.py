@@ -59,21 +59,22 @@ def max_memory(
         gpus = torch.cuda.device_count() if num_gpus is None else num_gpus
         if gpus == 0:
             raise ValueError("max_gpu_memory was given but there is no CUDA device")
-        per_gpu = parse_bytes(max_gpu_memory) - -(-kv_bytes // gpus)
-        if per_gpu <= 0:
-            raise ValueError(
-                f"the KV cache ({kv_bytes / 2**30:.1f} GiB) does not fit in max_gpu_memory: lower the batch or the context length"
-            )
+        per_gpu = _less_kv_cache(parse_bytes(max_gpu_memory), -(-kv_bytes // gpus), kv_bytes, "max_gpu_memory")
         budget.update(dict.fromkeys(range(gpus), per_gpu))
     elif max_cpu_memory is not None:
-        cpu -= kv_bytes
-        if cpu <= 0:
-            raise ValueError(
-                f"the KV cache ({kv_bytes / 2**30:.1f} GiB) does not fit in max_cpu_memory: lower the batch or the context length"
-            )
+        cpu = _less_kv_cache(cpu, kv_bytes, kv_bytes, "max_cpu_memory")
     budget["cpu"] = cpu
     budget["disk"] = DISK_SPACE
     return budget
+
+
+def _less_kv_cache(budget: int, share: int, kv_bytes: int, name: str) -> int:
+    """`budget` less this device's `share` of the KV cache; a clear error when nothing is left."""
+    if budget - share <= 0:
+        raise ValueError(
+            f"the KV cache ({kv_bytes / 2**30:.1f} GiB) does not fit in {name}: lower the batch or the context length"
+        )
+    return budget - share
 
 
 def _special_dtypes(model: nn.Module) -> dict:

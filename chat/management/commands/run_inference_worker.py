@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from chat.worker import Publisher, event_loop_thread, load_engine, serve
+from inference.placement import kv_cache_bytes
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,11 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         engine = load_engine()
-        cache = engine.model.layers[0].attn.k_cache  # [slots, K, S, D]
+        dtype, slots = engine.model.embed.weight.dtype, len(engine.slots)  # the activation dtype
         log.info(
             "worker ready: %s (demo: %s), %s, %s activations, %d slots of %d tokens, KV cache %.2f GB",
-            engine.model_name, engine.is_demo, settings.GROK_QUANT, str(cache.dtype).removeprefix("torch."),
-            cache.shape[0], engine.context_len, 2 * len(engine.model.layers) * cache.nbytes / 1e9,
+            engine.model_name, engine.is_demo, settings.GROK_QUANT, str(dtype).removeprefix("torch."),
+            slots, engine.context_len, kv_cache_bytes(engine.config, slots, engine.context_len, dtype) / 1e9,
         )
         with event_loop_thread() as loop:
             serve(engine, Publisher(loop), stop)
