@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 import torch  # noqa: E402
 
-from inference.engine import Engine, Request, SamplingParams, bench  # noqa: E402
+from inference.bench import bench  # noqa: E402
+from inference.engine import Engine, Request, SamplingParams  # noqa: E402
 from inference.quantize import QUANT_MODES  # noqa: E402
 
 BATCHES = [1, 4, 8, 16, 32]
@@ -45,7 +46,7 @@ def batching_speedup(checkpoint: Path, n: int, max_batch: int, prompt_len: int) 
 
     Greedy tokens are the same either way, so both make the same tokens.
     """
-    engine = Engine(checkpoint, max_batch=max_batch, max_seq_len=256)
+    engine = Engine(checkpoint, quant="none", max_batch=max_batch, context_len=256)
     generator = torch.Generator().manual_seed(0)
     requests = [
         Request(

@@ -4,7 +4,7 @@ casting the weight (`Int8Linear`, inference/quantize.py), in float32 and in bflo
 The tiny demo model is far too small for this (its projections fit the caches), so this builds a
 seeded random checkpoint with Grok-1's layer shapes (emb 6144, 48 query and 8 key/value heads
 of 128) but one layer and two experts of 8192 (~0.4 G parameters, ~0.4 GB int8) into a temporary
-folder, and measures decode tokens/s with the engine's own `measure`.
+folder, and measures decode tokens/s with `measure` (inference/bench.py).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/wide_int8.py [--batch 1 8]
 """
@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the repository root
 from inference import quantize  # noqa: E402
-from inference.engine import Engine, measure, weight_bytes_per_step  # noqa: E402
+from inference.bench import measure, weight_bytes_per_step  # noqa: E402
+from inference.engine import Engine  # noqa: E402
 from inference.model import GrokConfig  # noqa: E402
 from inference.tiny import make_random  # noqa: E402
 
@@ -29,7 +30,7 @@ from inference.tiny import make_random  # noqa: E402
 def wide_config() -> GrokConfig:
     emb, key_size = 6144, 128
     return GrokConfig(
-        vocab_size=2048, sequence_len=256, emb_size=emb, widening_factor=8.0, key_size=key_size,
+        vocab_size=2048, context_len=256, emb_size=emb, widening_factor=8.0, key_size=key_size,
         num_q_heads=48, num_kv_heads=8, num_layers=1, num_experts=2, num_selected_experts=2,
         ffn_size=8192, embedding_multiplier_scale=math.sqrt(emb), attn_output_multiplier=1 / math.sqrt(key_size),
     )
@@ -47,7 +48,7 @@ def main() -> None:
         print("| activations | batch | cast weight: decode tok/s | int8 kernel: decode tok/s | speed-up | GB/s of weights, kernel |")
         print("|---|---:|---:|---:|---:|---:|")
         for dtype in (torch.float32, torch.bfloat16):
-            engine = Engine(folder, quant="int8", device="cpu", dtype=dtype, max_batch=max(args.batch), max_seq_len=64)
+            engine = Engine(folder, quant="int8", device="cpu", dtype=dtype, max_batch=max(args.batch), context_len=64)
             for batch in args.batch:
                 rates = {}
                 for way, threshold in (("cast", math.inf), ("kernel", kernel_threshold)):

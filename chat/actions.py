@@ -4,8 +4,8 @@
 and return what they changed. Error codes are those of docs/protocol.md. Another user's
 conversation or message is always `not_found`, so ids reveal nothing about who owns what.
 
-`chat.jobs` is imported inside the functions that use it: it talks to Redis or a worker thread,
-and this module must import cleanly without it (migrations, admin, the worker itself).
+Errors live in `chat.errors`, so the modules these rules use (`plans`, `jobs`) never import this
+one back.
 """
 
 import re
@@ -15,22 +15,13 @@ from django.db import transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
-from chat import plans
+from chat import jobs, plans
+from chat.errors import ChatError
 from chat.models import Conversation, Message, Persona, User
 
 TITLE_CHARS = 60
 SNIPPET_CHARS = 80
 SEARCH_LIMIT = 20
-
-
-class ChatError(Exception):
-    """A refused request: `code` for programs, `message` for people, `extra` for the frame."""
-
-    def __init__(self, code: str, message: str, **extra) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.extra = extra
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -120,19 +111,17 @@ def title_from(content: str) -> str:
 # --- changes --------------------------------------------------------------------------------
 
 
-def _queue_reply(
-    conversation: Conversation, limits: "plans.Limits", sampling: dict | None = None
+def do_queue_reply(
+    conversation: Conversation, limits: plans.Limits, generation: dict | None = None
 ) -> Message:
-    """A new queued reply carrying its plan's limits (the worker reads `sampling`), plus what
-    `sampling` adds (the API's stops, sampling and system text: chat/api.py); the job goes out
-    only once the transaction is committed, so the worker never picks up a message it cannot
-    see yet."""
-    from chat import jobs
-
+    """A new queued reply carrying its plan's limits (the worker reads `generation`), plus what
+    `generation` adds (the API's stops, sampling and system text: chat/api/requests.py); the job
+    goes out only once the transaction is committed, so the worker never picks up a message it
+    cannot see yet."""
     reply = conversation.messages.create(
         role=Message.Role.ASSISTANT,
         status=Message.Status.QUEUED,
-        sampling=limits.sampling | (sampling or {}),
+        generation=limits.generation | (generation or {}),
     )
     conversation.save(update_fields=["updated_at"])  # moves it to the top of the sidebar
     transaction.on_commit(lambda: jobs.enqueue(reply.id))
@@ -157,7 +146,7 @@ def do_send_message(
         check_no_active_reply(conversation)
     limits = plans.check_can_generate(user, conversation.persona)
     message = conversation.messages.create(role=Message.Role.USER, content=content)
-    return message, _queue_reply(conversation, limits)
+    return message, do_queue_reply(conversation, limits)
 
 
 @transaction.atomic
@@ -165,8 +154,6 @@ def do_stop(user: User, message_id: int) -> Message:
     """End a queued or streaming reply. A queued one is stopped here, as no worker holds it; a
     streaming one is stopped by its worker, which keeps the text written so far. Stopping a
     finished reply changes nothing, since the stop and the end of the reply may cross."""
-    from chat import jobs
-
     reply = get_message(user, message_id)
     if reply.role != Message.Role.ASSISTANT:
         raise ChatError("not_found", "No such reply.")
@@ -192,7 +179,7 @@ def do_regenerate(user: User, conversation_id: int) -> tuple[Message, Message]:
         raise ChatError("conflict", "There is no message to answer yet.")
     limits = plans.check_can_generate(user, conversation.persona)
     conversation.messages.filter(pk__gt=message.pk).delete()
-    return message, _queue_reply(conversation, limits)
+    return message, do_queue_reply(conversation, limits)
 
 
 @transaction.atomic
@@ -209,7 +196,7 @@ def do_edit_last(user: User, message_id: int, content: str) -> tuple[Message, Me
     message.content = content
     message.save(update_fields=["content", "updated_at"])
     conversation.messages.filter(pk__gt=message.pk).delete()
-    return message, _queue_reply(conversation, limits)
+    return message, do_queue_reply(conversation, limits)
 
 
 def do_rename_conversation(user: User, conversation_id: int, title: str) -> Conversation:
@@ -226,8 +213,6 @@ def do_rename_conversation(user: User, conversation_id: int, title: str) -> Conv
 @transaction.atomic
 def do_delete_conversation(user: User, conversation_id: int) -> None:
     """Delete a conversation; a reply still being written is cancelled so its worker slot frees."""
-    from chat import jobs
-
     conversation = get_conversation(user, conversation_id, lock=True)
     reply = conversation.active_reply()
     conversation.delete()

@@ -18,10 +18,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import actions
-from chat.actions import ChatError
+from chat import actions, serving
+from chat.errors import ChatError
+from chat.events import Follower, done_event, group_name
 from chat.models import Message
-from chat.worker import done_event, group_name
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.user = self.scope.get("user")
-        self.following: dict[int, int] = {}  # reply id -> characters of it the page has
+        self.following: dict[int, Follower] = {}  # reply id -> what of it the page has
         # Accepted first so that the close code reaches the page: a refused handshake has none.
         await self.accept()
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         if settings.GROK_EMBEDDED_WORKER:
-            from chat.worker import start_embedded_worker
-
-            start_embedded_worker(asyncio.get_running_loop())
+            serving.start_embedded_worker(asyncio.get_running_loop())
 
     async def disconnect(self, code: int) -> None:
         try:
@@ -165,7 +163,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if reply.is_active:
             # Its worker ends it and sends `done`: make sure this socket hears that (the catch-up
             # covers a `done` sent before the socket joined the group).
-            await self.follow(reply.pk, self.following.get(reply.pk, len(reply.content)))
+            have = self.following[reply.pk].have if reply.pk in self.following else len(reply.content)
+            await self.follow(reply.pk, have)
         else:  # stopped while queued (no worker holds it), or already over
             await self.finish(done_event(reply))
 
@@ -217,7 +216,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ChatError("busy", "This page follows too many replies at once.")
         if message_id not in self.following:
             await self.channel_layer.group_add(group_name(message_id), self.channel_name)
-        self.following[message_id] = offset
+        self.following[message_id] = Follower(offset)
         reply = await database_sync_to_async(Message.objects.filter(pk=message_id).first)()
         if reply is None:  # deleted meanwhile
             await self.unfollow(message_id)
@@ -236,18 +235,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.following.pop(message_id, None) is not None:
             await self.channel_layer.group_discard(group_name(message_id), self.channel_name)
 
-    # -- group events (chat.worker) -------------------------------------------------------------
+    # -- group events (chat.events) -------------------------------------------------------------
 
     async def reply_delta(self, event: dict) -> None:
         message_id = event["message_id"]
-        have = self.following.get(message_id)
-        text, offset = event["text"], event["offset"]
-        if have is None or offset + len(text) <= have:
-            return  # not followed, or the page has all of it
-        if offset < have:
-            text, offset = text[have - offset :], have
-        # offset > have means a dropped frame: sent as is, so the page sees the gap and resumes.
-        self.following[message_id] = offset + len(text)
+        follower = self.following.get(message_id)
+        if follower is None:
+            return  # not followed
+        offset, text = event["offset"], event["text"]
+        new = follower.new_text(offset, text)
+        if new is None:
+            # A dropped frame: sent as is, so the page sees the gap and resumes.
+            follower.have = offset + len(text)
+        elif not new:
+            return  # the page has all of it
+        else:
+            offset, text = follower.have - len(new), new
         await self.send_json({"type": "delta", "message_id": message_id, "offset": offset, "text": text})
 
     async def reply_done(self, event: dict) -> None:

@@ -36,7 +36,7 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
-from chat.actions import ChatError
+from chat.errors import ChatError
 from chat.models import Message
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 STREAM = "grokweb:jobs"
 GROUP = "workers"
 CANCEL_PREFIX = "grokweb:cancel:"
-HELD = "grokweb:held"  # worker -> "<replies it holds for a free slot> <unix time>"
-HELD_TTL = 5.0  # seconds; workers refresh theirs twice a second while busy
+WAITING = "grokweb:waiting"  # worker -> "<replies waiting in it for a free slot> <unix time>"
+WAITING_TTL = 5.0  # seconds; workers refresh theirs twice a second while busy
 CANCEL_TTL = 3600  # seconds; far longer than any reply, short enough not to pile up keys
 
 
@@ -67,9 +67,10 @@ class JobQueue(Protocol):
     def cancelled(self, message_ids: Collection[int]) -> set[int]: ...
     def ack(self, job: Job) -> None: ...  # the reply is saved: the job is over
     def heartbeat(self, jobs: Collection[Job]) -> None: ...  # still at work on them: not to claim
-    # This worker holds `held` replies for a free slot. (How many the other workers hold, up to
-    # `limit` replies no worker took yet, oldest first, if this worker is the one to tell them.)
-    def waiting(self, limit: int, held: int) -> tuple[int, list[int]]: ...
+    # `waiting_here` replies wait in this worker for a free slot. (How many wait in the other
+    # workers, up to `limit` replies no worker took yet, oldest first, if this worker is the one
+    # to tell them.)
+    def waiting(self, limit: int, waiting_here: int) -> tuple[int, list[int]]: ...
 
 
 class LocalQueue:
@@ -119,8 +120,8 @@ class LocalQueue:
     def heartbeat(self, jobs: Collection[Job]) -> None:
         pass  # one process: its jobs die with it, and the worker's start recovers their replies
 
-    def waiting(self, limit: int, held: int) -> tuple[int, list[int]]:
-        with self._jobs.mutex:  # one worker: nobody else holds any
+    def waiting(self, limit: int, waiting_here: int) -> tuple[int, list[int]]:
+        with self._jobs.mutex:  # one worker: none wait anywhere else
             return 0, list(itertools.islice(self._jobs.queue, limit))
 
 
@@ -216,27 +217,28 @@ class RedisQueue:
             # JUSTID: a touch, not a delivery; the count the retry limit reads stays as it is.
             self.redis.xclaim(STREAM, GROUP, self.consumer, 0, [j.token for j in jobs], justid=True)
 
-    def waiting(self, limit: int, held: int) -> tuple[int, list[int]]:
-        """Each worker records in one hash how many replies it holds for a free slot, and when (a
-        record older than HELD_TTL is a worker gone, and dropped). Only the live worker with the
-        least name reads the backlog, so that a waiting page is told one count, not one per worker."""
+    def waiting(self, limit: int, waiting_here: int) -> tuple[int, list[int]]:
+        """Each worker records in one hash how many replies wait in it for a free slot, and when
+        (a record older than WAITING_TTL is a worker gone, and dropped). Only the live worker with
+        the least name reads the replies no worker took yet, so that a waiting page is told one
+        count, not one per worker."""
         now = time.time()
         with self.redis.pipeline() as pipe:
-            records = pipe.hset(HELD, self.consumer, f"{held} {now}").hgetall(HELD).execute()[1]
+            records = pipe.hset(WAITING, self.consumer, f"{waiting_here} {now}").hgetall(WAITING).execute()[1]
         others, stale = {}, []
         for consumer, record in records.items():
             count, at = record.split()
-            if now - float(at) > HELD_TTL:
+            if now - float(at) > WAITING_TTL:
                 stale.append(consumer)
             elif consumer != self.consumer:
                 others[consumer] = int(count)
         if stale:
-            self.redis.hdel(HELD, *stale)
+            self.redis.hdel(WAITING, *stale)
         if any(consumer < self.consumer for consumer in others):
             return sum(others.values()), []
-        return sum(others.values()), self._backlog(limit)
+        return sum(others.values()), self._untaken(limit)
 
-    def _backlog(self, limit: int) -> list[int]:
+    def _untaken(self, limit: int) -> list[int]:
         try:
             groups = self.redis.xinfo_groups(STREAM)
         except redis.ResponseError:  # no stream yet

@@ -132,7 +132,10 @@ class Message(models.Model):
         PersonaVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="messages"
     )
     model_name = models.CharField(max_length=100, blank=True)
-    sampling = models.JSONField(default=dict, blank=True)  # temperature, top_p, top_k, seed, max_new_tokens
+    # How the reply is generated: the plan's limits (max_new_tokens, context_len) when queued,
+    # an API request's system_suffix, stop, temperature, top_p and seed, and, once a worker
+    # starts it, the sampling it used (temperature, top_p, top_k, seed): enough to reproduce it.
+    generation = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

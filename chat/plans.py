@@ -24,21 +24,20 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-# The module rather than its names: chat.actions calls into this module too.
-from chat import actions
+from chat.errors import ChatError
 from chat.models import Message, Persona, Plan, Subscription, UsageEntry, User
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one reply may use; `sampling` is recorded on the queued reply for the worker."""
+    """What one reply may use; `generation` is recorded on the queued reply for the worker."""
 
     plan: Plan
     max_new_tokens: int
     context_len: int
 
     @property
-    def sampling(self) -> dict:
+    def generation(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "context_len": self.context_len}
 
 
@@ -125,11 +124,11 @@ def offer_text(offers: list[dict]) -> str:
 # --- checks ---------------------------------------------------------------------------------
 
 
-def quota_error(text: str, offers: list[dict], resets_at: dt.datetime | None) -> actions.ChatError:
+def quota_error(text: str, offers: list[dict], resets_at: dt.datetime | None) -> ChatError:
     """A `quota` refusal: which limit (`text`), when it resets (None: waiting alone does not
     help) and what the plans above offer."""
     message = " ".join(part for part in [text, offer_text(offers)] if part)
-    return actions.ChatError(
+    return ChatError(
         "quota",
         message,
         resets_at=resets_at.isoformat() if resets_at else None,

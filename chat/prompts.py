@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from chat.actions import ChatError
+from chat.errors import ChatError
 
 USER_NAME = "User"
 

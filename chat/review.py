@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from chat.actions import ChatError, get_message
+from chat.actions import get_message
+from chat.errors import ChatError
 from chat.models import Conversation, Feedback, Message, User
 
 COMMENT_CHARS = 2000
@@ -67,7 +68,7 @@ def conversation_record(conversation: Conversation) -> dict:
                 "created_at": _time(m.created_at),
                 "model_name": m.model_name,
                 "persona_version": m.persona_version.number if m.persona_version else None,
-                "sampling": m.sampling,
+                "generation": m.generation,
                 "prompt_tokens": m.prompt_tokens,
                 "completion_tokens": m.completion_tokens,
                 "time_to_first_token": m.time_to_first_token,

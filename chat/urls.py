@@ -1,6 +1,7 @@
 from django.urls import path
 
-from chat import api_views, views
+from chat import views
+from chat.api import views as api_views
 
 urlpatterns = [
     path("", views.chat_page, name="chat"),

@@ -13,7 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import actions, billing, plans, review
-from chat.actions import ChatError
+from chat.errors import ChatError
 from chat.forms import SignupForm
 
 ERROR_STATUS = {"not_found": 404, "conflict": 409, "too_large": 413}

@@ -9,14 +9,8 @@ the slot's cache before reading it, so nothing is cleared.
 
 Every request samples with its own `torch.Generator`, so its tokens depend only on its seed and
 its logits: the same alone or in any batch.
-
-Also the `generate` and `bench` subcommands of `python -m inference`.
 """
 
-import argparse
-import json
-import sys
-import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
@@ -26,10 +20,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from inference.checkpoint import DTYPES, load_model, read_config
+from inference.checkpoint import load_model
+from inference.config import read_checkpoint_info
 from inference.model import Grok, GrokConfig, execution_device
 from inference.placement import kv_cache_bytes
-from inference.quantize import QUANT_MODES
+from inference.quantize import DEFAULT_QUANT
 from inference.tokenizer import StreamDecoder, Tokenizer
 
 
@@ -131,41 +126,45 @@ def _split_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str, bool]:
 
 
 class Engine:
+    """A checkpoint loaded for serving: `max_batch` slots of `context_len` tokens (default and
+    upper bound: the model's). `device` defaults to cuda when there is one, `dtype` (activations)
+    to bfloat16 on cuda and float32 on CPU; with memory budgets the weights are spread over GPUs,
+    CPU and disk (inference/placement.py)."""
+
     prefill_tokens = 1024  # tokens (padding included) of one prefill forward: bounds its activations
 
     def __init__(
         self,
         checkpoint: str | Path,
         *,
-        quant: str = "none",
+        quant: str = DEFAULT_QUANT,
         dtype: torch.dtype | None = None,
         device: str | None = None,
         max_batch: int = 8,
-        max_seq_len: int | None = None,
+        context_len: int | None = None,
         max_gpu_memory: str | int | None = None,
         max_cpu_memory: str | int | None = None,
         offload_dir: str | Path | None = None,
         compile: bool = False,
-    ):
+    ) -> None:
         path = Path(checkpoint)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
         tokenizer_file = path / "tokenizer.model"
         if not tokenizer_file.is_file():
             raise FileNotFoundError(f"{tokenizer_file} is missing: copy Grok-1's tokenizer.model into the checkpoint folder")
-        config_file = path / "config.json"
-        extra = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        info = read_checkpoint_info(path)
 
-        self.config: GrokConfig = read_config(path)
-        self.context_len = min(max_seq_len or self.config.sequence_len, self.config.sequence_len)
+        self.config: GrokConfig = GrokConfig.from_dict(info.raw)
+        self.context_len = min(context_len or self.config.context_len, self.config.context_len)
         self.model: Grok = load_model(
             path, quant=quant, dtype=dtype, device=device,
             max_gpu_memory=max_gpu_memory, max_cpu_memory=max_cpu_memory, offload_dir=offload_dir,
             kv_bytes=kv_cache_bytes(self.config, max_batch, self.context_len, dtype),
         )
         self.tokenizer = Tokenizer(tokenizer_file)
-        self.model_name: str = extra.get("model_name", path.resolve().name)
-        self.is_demo = bool(extra.get("demo", False))
+        self.model_name = info.model_name
+        self.is_demo = info.is_demo
         self.device = execution_device(self.model.embed)  # inputs go in and logits come out here
         self.model.setup_cache(max_batch, self.context_len)
         # Decode is the hot path: many small steps. Prefill is a few big ones and stays eager.
@@ -302,132 +301,3 @@ class Engine:
             text += s.held  # the end: no stop string can complete now
         self.slots[s.slot] = None
         return s.delta(text, "stop" if eos or stopped else "length")
-
-
-def weight_bytes_per_step(model: Grok, batch: int) -> float:
-    """Weight bytes one decode step reads: all but the experts, plus the experts the batch routes to.
-
-    Each token picks k of X experts per layer; with uniform routing a batch of B touches a
-    1 - (1 - k/X)^B share of them (k/X at batch 1). The tied embedding is read whole by the output.
-    Parameters only: nf4's block scales (about 3% more) live outside them and are not counted.
-    """
-    c = model.config
-    share = 1 - (1 - c.num_selected_experts / c.num_experts) ** batch
-    total = 0.0
-    for name, p in model.named_parameters():
-        size = p.numel() * p.element_size()
-        total += size * share if ".experts." in name else size
-    return total
-
-
-BENCH_REPEATS = 3
-
-
-def measure(engine: Engine, batch: int, prompt_len: int, new_tokens: int) -> tuple[float, float]:
-    """(prefill tokens/s, aggregate decode tokens/s) of `batch` random prompts run together (batch <= max_batch).
-
-    Greedy, no stop strings; a request that samples EOS ends early and counts what it made.
-    """
-    generator = torch.Generator().manual_seed(batch)
-    params = SamplingParams(temperature=0, max_new_tokens=new_tokens)
-    for i in range(batch):
-        prompt = torch.randint(4, engine.config.vocab_size, (prompt_len,), generator=generator).tolist()
-        engine.add(Request(f"bench-{i}", prompt, params))
-    start = time.perf_counter()
-    deltas = engine.step()
-    while any(s is not None and s.completion_tokens == 0 for s in engine.slots):
-        deltas += engine.step()
-    prefilled = time.perf_counter()  # every request has its first token; step() ends in a device sync
-    while engine.has_work():
-        deltas += engine.step()
-    end = time.perf_counter()
-    completion = sum(d.completion_tokens for d in deltas if d.finish_reason)
-    return batch * prompt_len / (prefilled - start), (completion - batch) / (end - prefilled)
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default="var/tiny", help="checkpoint folder (default: var/tiny)")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), help="activations (default: bfloat16 on cuda, float32 on cpu)"
-    )
-
-
-def generate_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_model_arguments(parser)
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--quant", choices=QUANT_MODES, default="int8")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--max-gpu-memory", help="budget per GPU, e.g. 76GiB; the rest goes to CPU, then disk")
-    parser.add_argument("--max-cpu-memory", help="CPU RAM budget, e.g. 200GiB")
-    parser.add_argument("--offload-dir", help="folder for layers that fit neither budget")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step")
-
-
-def generate_cli(args: argparse.Namespace) -> None:
-    engine = Engine(
-        args.checkpoint, quant=args.quant, device=args.device, dtype=DTYPES.get(args.dtype), max_batch=1,
-        compile=args.compile,
-        max_gpu_memory=args.max_gpu_memory, max_cpu_memory=args.max_cpu_memory, offload_dir=args.offload_dir,
-    )
-    if engine.is_demo:
-        print(f"[{engine.model_name} is the demo model: random weights, its text is noise]", file=sys.stderr)
-    params = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed, max_new_tokens=args.max_new_tokens
-    )
-    prompt = engine.tokenizer.encode(args.prompt)
-    engine.add(Request("cli", prompt, params))
-    start = time.perf_counter()
-    first_token_at = None
-    while engine.has_work():
-        for delta in engine.step():
-            print(delta.text, end="", flush=True)
-        running = engine.slots[0]
-        if first_token_at is None and (running is None or running.completion_tokens):  # the prefill is over
-            first_token_at = time.perf_counter()
-    end = time.perf_counter()
-    decoded = delta.completion_tokens - 1  # the first token came with the prefill
-    rate = decoded / (end - first_token_at) if decoded else 0.0
-    print(
-        f"\n[{len(prompt)} prompt tokens in {first_token_at - start:.2f}s; {delta.completion_tokens} tokens,"
-        f" {delta.finish_reason}; decode {rate:.1f} tokens/s,"
-        f" {rate * weight_bytes_per_step(engine.model, 1) / 1e9:.2f} GB/s of weights]",
-        file=sys.stderr,
-    )
-
-
-def bench_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_model_arguments(parser)
-    parser.add_argument("--quant", nargs="+", choices=QUANT_MODES, default=list(QUANT_MODES))
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--prompt-len", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=32)
-
-
-def bench(
-    checkpoint: str | Path, quants: list[str], batches: list[int], prompt_len: int, new_tokens: int,
-    device: str | None = None, dtype: torch.dtype | None = None,
-) -> None:
-    """Print prefill and decode tokens/s, and the weight bandwidth decode implies, per quant mode and batch size.
-
-    Each figure is the best of BENCH_REPEATS runs: on a shared machine noise only ever slows a run down.
-    """
-    print(f"{'quant':<6} {'batch':>5} {'prefill tok/s':>14} {'decode tok/s':>13} {'decode GB/s':>12}")
-    for quant in quants:
-        engine = Engine(
-            checkpoint, quant=quant, device=device, dtype=dtype, max_batch=max(batches), max_seq_len=prompt_len + new_tokens
-        )
-        measure(engine, 1, 8, 2)  # warm-up
-        for batch in batches:
-            runs = [measure(engine, batch, prompt_len, new_tokens) for _ in range(BENCH_REPEATS)]
-            prefill, decode = map(max, zip(*runs))
-            gbs = decode / batch * weight_bytes_per_step(engine.model, batch) / 1e9
-            print(f"{quant:<6} {batch:>5} {prefill:>14.0f} {decode:>13.1f} {gbs:>12.3f}", flush=True)
-
-
-def bench_cli(args: argparse.Namespace) -> None:
-    bench(args.checkpoint, args.quant, args.batch, args.prompt_len, args.new_tokens, args.device, DTYPES.get(args.dtype))

@@ -14,18 +14,24 @@ Shapes: B batch, T time, S cache length, H query heads, K kv heads, G = H // K q
 head, D key size, E emb size, F expert hidden size, V vocab, X experts, N = B * T tokens.
 """
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from inference.config import read_checkpoint_info
+
 MAX_ATTN_LOGIT = 30.0  # the reference soft-caps attention logits at +-30
 MASKED = -1e30  # the reference's value for masked attention logits
 NORM_EPS = 1e-5
 ROPE_BASE = 10000.0
+# The activation dtypes, by the names the CLI and the settings use.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# xAI's config key for the context length. Converted checkpoints keep writing it, so config.json
+# files written by this version stay readable by earlier ones, and by tools that read xAI's files.
+CONTEXT_LEN_KEY = "sequence_len"
 
 
 def ffn_size(emb_size: int, widening_factor: float) -> int:
@@ -42,7 +48,7 @@ class GrokConfig:
     pad_token: int = 0
     bos_token: int = 1
     eos_token: int = 2
-    sequence_len: int = 8192
+    context_len: int = 8192  # tokens a sequence may hold, prompt and reply: the KV cache length
     emb_size: int = 6144
     widening_factor: float = 8.0
     key_size: int = 128
@@ -57,14 +63,25 @@ class GrokConfig:
     attn_output_multiplier: float = 0.08838834764831845
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "GrokConfig":
-        """Read a checkpoint's config.json; its known keys override the defaults, others are ignored."""
-        data = json.loads(Path(path).read_text())
+    def from_dict(cls, data: dict) -> "GrokConfig":
+        """A parsed config.json: its known keys override the defaults, others are ignored."""
+        data = dict(data)
+        if CONTEXT_LEN_KEY in data:
+            data.setdefault("context_len", data.pop(CONTEXT_LEN_KEY))
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         if "ffn_size" not in values and "widening_factor" in values:
             values["ffn_size"] = ffn_size(values.get("emb_size", cls.emb_size), values["widening_factor"])
         return cls(**values)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "GrokConfig":
+        """The config of a checkpoint folder; the full Grok-1 preset when a released folder has no config.json."""
+        return cls.from_dict(read_checkpoint_info(path).raw)
+
+    def to_dict(self) -> dict:
+        """The fields as config.json keys (the context length under CONTEXT_LEN_KEY)."""
+        return {CONTEXT_LEN_KEY if key == "context_len" else key: value for key, value in asdict(self).items()}
 
 
 class RMSNorm(nn.Module):
@@ -216,12 +233,12 @@ class Grok(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.emb_size)
 
-    def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
+    def setup_cache(self, max_batch: int, context_len: int) -> None:
         """Allocate a zeroed KV cache [max_batch, K, S, D] per layer, on the device each layer runs on."""
         c = self.config
         dtype = self.embed.weight.dtype  # the activation dtype
         for layer in self.layers:
-            shape = (max_batch, c.num_kv_heads, max_seq_len, c.key_size)
+            shape = (max_batch, c.num_kv_heads, context_len, c.key_size)
             device = execution_device(layer)
             layer.attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             layer.attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
@@ -238,7 +255,7 @@ class Grok(nn.Module):
         only write cache cells that the row's next real tokens overwrite before anyone reads them).
         """
         if self.layers[0].attn.k_cache is None:
-            raise RuntimeError("call setup_cache(max_batch, max_seq_len) before forward")
+            raise RuntimeError("call setup_cache(max_batch, context_len) before forward")
         kv_len = int(input_pos.max()) + 1  # attend over no more of the cache than any query can see
         x = times(self.embed(tokens), self.config.embedding_multiplier_scale)  # [B, T, E]
         for layer in self.layers:

@@ -2,12 +2,11 @@
 
 `device_map` asks accelerate's `infer_auto_device_map` where each part of the meta model goes
 under the given budgets (a decoder layer is never split), `dispatch` installs accelerate's hooks:
-layers on CPU or disk are moved to the main device for each forward. `python -m inference plan`
-prints such a placement for any config (the full 314B preset by default) without loading weights,
-with the bytes per device and a bandwidth-bound estimate of decode speed.
+layers on CPU or disk are moved to the main device for each forward. `make_plan` works out such a
+placement for any config (the full 314B preset too) without loading weights, with the bytes per
+device and a bandwidth-bound estimate of decode speed; `python -m inference plan` prints it.
 """
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from inference.model import GrokConfig
-from inference.quantize import QUANT_MODES, meta_model
+from inference.quantize import meta_model
 
 # Assumed bandwidths for the decode estimate, bytes/s.
 GPU_BANDWIDTH = 3.35e12  # H100 SXM HBM3
@@ -158,11 +157,11 @@ def make_plan(
     context_len: int | None = None,
 ) -> Plan:
     """Placement, bytes per device and the decode estimate, from the meta model alone, for an
-    engine of `max_batch` slots of `context_len` tokens (default: the model's sequence length)."""
+    engine of `max_batch` slots of `context_len` tokens (default: the model's context length)."""
     from accelerate.utils import compute_module_sizes
 
     model = meta_model(config, quant, dtype)
-    context_len = context_len or config.sequence_len
+    context_len = context_len or config.context_len
     kv_bytes = kv_cache_bytes(config, max_batch, context_len, dtype)
     placement = device_map(
         model, max_gpu_memory=max_gpu_memory, max_cpu_memory=max_cpu_memory, num_gpus=num_gpus, kv_bytes=kv_bytes
@@ -208,6 +207,7 @@ def _layer_ranges(unit_names: list[str]) -> str:
 
 
 def format_plan(plan: Plan, title: str) -> str:
+    """The plan as `python -m inference plan` prints it: a table of devices, then the KV cache and the estimate."""
     lines = [title, f"{'device':<8} {'GB':>8}  units"]
     lines += [f"{device:<8} {nbytes / 1e9:>8.2f}  {_layer_ranges(names)}" for device, names, nbytes in plan.rows]
     lines.append(f"{'total':<8} {plan.total_bytes / 1e9:>8.2f}  ({plan.parameters:,} parameters)")
@@ -221,38 +221,3 @@ def format_plan(plan: Plan, title: str) -> str:
         f" PCIe {PCIE_BANDWIDTH / 1e9:.0f} GB/s, disk {DISK_BANDWIDTH / 1e9:.0f} GB/s, CPU {CPU_BANDWIDTH / 1e9:.0f} GB/s)"
     )
     return "\n".join(lines)
-
-
-def plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", help="checkpoint folder whose config.json to plan (default: the full Grok-1 preset)")
-    parser.add_argument("--quant", choices=QUANT_MODES, default="int8")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="activation dtype")
-    parser.add_argument("--max-gpu-memory", help="budget per GPU, e.g. 80GiB (default: no GPU)")
-    parser.add_argument("--max-cpu-memory", help="CPU RAM budget, e.g. 200GiB (default: RAM available now)")
-    parser.add_argument("--offload-dir", help="folder for layers offloaded to disk")
-    parser.add_argument("--num-gpus", type=int, help="GPUs to plan for (default: those present, or 1 without CUDA)")
-    parser.add_argument("--max-batch", type=int, default=8, help="replies decoded at once: KV cache slots (default 8)")
-    parser.add_argument("--context-len", type=int, help="tokens per slot (default: the model's sequence length)")
-
-
-def plan_cli(args: argparse.Namespace) -> None:
-    from inference.checkpoint import read_config
-
-    config = read_config(Path(args.checkpoint)) if args.checkpoint else GrokConfig()
-    num_gpus = args.num_gpus
-    if num_gpus is None and args.max_gpu_memory is not None:
-        num_gpus = torch.cuda.device_count() or 1
-    plan = make_plan(
-        config,
-        args.quant,
-        getattr(torch, args.dtype),
-        max_gpu_memory=args.max_gpu_memory,
-        max_cpu_memory=args.max_cpu_memory,
-        num_gpus=num_gpus,
-        max_batch=args.max_batch,
-        context_len=args.context_len,
-    )
-    name = args.checkpoint or "Grok-1 (full preset)"
-    print(format_plan(plan, f"{name}: {config.num_layers} layers, quant {args.quant}, activations {args.dtype}"))
-    if any(device == "disk" for device, _, _ in plan.rows) and not args.offload_dir:
-        print("this placement offloads layers to disk: loading it needs --offload-dir")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from inference.model import Grok, GrokConfig
 
 QUANT_MODES = ("int8", "nf4", "none")
+DEFAULT_QUANT = "int8"  # the weights as released: a byte per parameter, no rounding beyond xAI's own
 
 
 def scale_groups(name: str) -> int:

@@ -1,26 +1,25 @@
-"""`python -m inference make-tiny DST`: a small seeded checkpoint with Grok-1's architecture.
+"""`make_tiny` (`python -m inference make-tiny DST`): a small seeded checkpoint with Grok-1's architecture.
 
 The weights are random noise (the demo mode of the web app): the point is to run the whole
 stack (tokenizer, engine, batching, streaming) on a laptop CPU. The tokenizer is a 2048-piece
 SentencePiece BPE trained at build time on `tiny_corpus.txt`, with Grok-1's special ids
 (pad 0, BOS 1, EOS 2, UNK 3), byte fallback and whitespace kept as is. The weights are quantized
 to int8 with bf16 group scales exactly as the release stores them and written with the project's
-converted-format writer (`checkpoint.write_converted`).
+converted-format writer (`convert.write_converted`).
 """
 
-import argparse
 import io
 import math
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import sentencepiece as spm
 
-from inference.checkpoint import QuantizedWeight8bit, released_names, write_converted
+from inference.convert import write_converted
 from inference.model import GrokConfig, ffn_size
+from inference.released import QuantizedWeight8bit, released_names
 
 CORPUS = Path(__file__).with_name("tiny_corpus.txt")
 EMBEDDING_STD = 0.3  # with the tied output this gives logits of std ~2: varied but not uniform samples
@@ -33,7 +32,7 @@ def tiny_config() -> GrokConfig:
     emb, key_size = 128, 32
     return GrokConfig(
         vocab_size=2048,
-        sequence_len=4096,
+        context_len=4096,
         emb_size=emb,
         widening_factor=8.0,
         key_size=key_size,
@@ -126,29 +125,14 @@ def make_random(dst: str | Path, config: GrokConfig, seed: int, model_name: str)
     """Write a seeded random checkpoint of `config`'s shape (converted format, with the tiny
     tokenizer, which sets the vocabulary: 2048) to dst."""
     params = random_parameters(config, seed)
-    sources = [(name, _nbytes(value)) for name, value in params.items()]
+    sources = [(name, value.nbytes) for name, value in params.items()]
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = Path(folder) / "tokenizer.model"
         tokenizer.write_bytes(train_tokenizer(config.vocab_size))
         write_converted(
             dst,
-            asdict(config) | {"model_name": model_name, "demo": True},
+            config.to_dict() | {"model_name": model_name, "demo": True},
             sources,
             params.__getitem__,
             tokenizer=tokenizer,
         )
-
-
-def _nbytes(value: np.ndarray | QuantizedWeight8bit) -> int:
-    if isinstance(value, QuantizedWeight8bit):
-        return value.weight.nbytes + value.scales.nbytes
-    return value.nbytes
-
-
-def make_tiny_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dst", help="output folder")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-
-
-def make_tiny_cli(args: argparse.Namespace) -> None:
-    make_tiny(args.dst, args.seed)

@@ -72,7 +72,7 @@ def subscribe(db):
 @pytest.fixture
 def api_key_factory(db):
     """Make an API key for the OpenAI-compatible API: api_key_factory(user) -> the key itself."""
-    from chat.api import do_create_api_key
+    from chat.api.keys import do_create_api_key
 
     def make(user, name: str = "tests") -> str:
         return do_create_api_key(user, name)[1]
@@ -104,7 +104,7 @@ def tiny_engine(tiny_checkpoint):
 
     # Two cores shared by parallel suites: more torch threads only make the tiny model contend.
     torch.set_num_threads(1)
-    return Engine(tiny_checkpoint, quant="none", max_batch=2, max_seq_len=512)
+    return Engine(tiny_checkpoint, quant="none", max_batch=2, context_len=512)
 
 
 @pytest.fixture

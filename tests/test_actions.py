@@ -3,7 +3,7 @@
 import pytest
 
 from chat import actions
-from chat.actions import ChatError
+from chat.errors import ChatError
 from chat.models import Conversation, Message, Persona
 
 pytestmark = pytest.mark.django_db

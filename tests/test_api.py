@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API (chat/api.py, docs/api.md).
+"""The OpenAI-compatible API (chat/api/, docs/api.md).
 
 Rules and pages run over the pytest-django database. The endpoints run against a real server:
 `embedded_server` (tests/conftest.py) is Daphne in the embedded mode,
@@ -20,11 +20,13 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from chat import api, jobs
-from chat.actions import ChatError
-from chat.api import ApiError
+from chat import jobs
+from chat.api import answers, follow, keys, model_ids, requests
+from chat.errors import ChatError
+from chat.errors import ApiError
 from chat.models import ApiKey, Conversation, Message
-from chat.worker import Replies
+from chat.bridge import Bridge
+from chat.errors import api_error
 from tests.stack import manage
 
 PASSWORD = "a-Strong-pass-42"
@@ -35,7 +37,7 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 
 
 def parse(**body):
-    return api.parse_completion_request(json.dumps({"model": "grok-1", "messages": HELLO} | body).encode())
+    return requests.parse_completion_request(json.dumps({"model": "grok-1", "messages": HELLO} | body).encode())
 
 
 @pytest.mark.parametrize(
@@ -109,7 +111,7 @@ def test_an_api_conversation_is_stored_and_its_prompt_adds_the_system_text(user_
         ],
         stop=["END", "\n\n"], temperature=0.3, top_p=0.9, seed=42, max_tokens=100_000,
     )
-    reply = api.do_start_api_completion(ann, request)
+    reply = requests.do_start_api_completion(ann, request)
 
     conversation = Conversation.objects.get(pk=reply.conversation_id)
     assert (conversation.owner, conversation.source, conversation.title) == (ann, "api", "Hi")
@@ -119,13 +121,13 @@ def test_an_api_conversation_is_stored_and_its_prompt_adds_the_system_text(user_
         ("assistant", "", "queued"),
     ]
     # Free: the plan's 512 new tokens at most, whatever was asked.
-    assert reply.sampling == {
+    assert reply.generation == {
         "max_new_tokens": 512, "context_len": 4096, "system_suffix": "Answer in French.",
         "stop": ["END", "\n\n"], "temperature": 0.3, "top_p": 0.9, "seed": 42,
     }
 
     engine = SimpleNamespace(tokenizer=CharTokenizer(), context_len=100_000, model_name="fake")
-    request = Replies(engine, jobs.LocalQueue(4), lambda events: None)._prepare(jobs.Job(reply.pk, ""))
+    request = Bridge(engine, jobs.LocalQueue(4), lambda events: None)._start(jobs.Job(reply.pk, ""))
     prompt = "".join(map(chr, request.prompt_ids))
     persona_prompt = conversation.persona.current_version.system_prompt.strip()
     assert prompt == (
@@ -136,29 +138,29 @@ def test_an_api_conversation_is_stored_and_its_prompt_adds_the_system_text(user_
     assert (params.temperature, params.top_p, params.seed) == (0.3, 0.9, 42)
     assert params.stop == ("\n\nUser:", "\nUser:", "END", "\n\n")
     reply.refresh_from_db()
-    assert reply.status == "streaming" and reply.sampling["system_suffix"] == "Answer in French."
+    assert reply.status == "streaming" and reply.generation["system_suffix"] == "Answer in French."
 
 
 def test_models_and_quotas_follow_the_plan(user_factory, subscribe, job_calls):
     ann = user_factory("ann")
-    assert [m["id"] for m in api.list_models(ann)["data"]] == ["grok-1:regular"]
+    assert [m["id"] for m in model_ids.list_models(ann)["data"]] == ["grok-1:regular"]
     with pytest.raises(ApiError) as refused:
-        api.do_start_api_completion(ann, parse(model="grok-1"))
+        requests.do_start_api_completion(ann, parse(model="grok-1"))
     assert (refused.value.status, refused.value.code) == (404, "model_not_found")
     assert "Premium" in refused.value.message  # what would give access
     for model in ["grok-2", "grok-1:grok", "grok-1:nobody", "grok-1:"]:
         with pytest.raises(ApiError, match="does not exist"):
-            api.get_persona_for_model(ann, model)
+            model_ids.get_persona_for_model(ann, model)
 
     subscribe(ann, "premium")
-    listed = api.list_models(ann)["data"]
+    listed = model_ids.list_models(ann)["data"]
     assert [m["id"] for m in listed] == ["grok-1", "grok-1:regular"]
     assert all(m["object"] == "model" and m["owned_by"] == "grokweb" and m["created"] > 0 for m in listed)
-    api.do_start_api_completion(ann, parse(model="grok-1"))
-    api.do_start_api_completion(ann, parse(model="grok-1"))
+    requests.do_start_api_completion(ann, parse(model="grok-1"))
+    requests.do_start_api_completion(ann, parse(model="grok-1"))
     with pytest.raises(ChatError) as refused:  # Premium writes two replies at once
-        api.do_start_api_completion(ann, parse(model="grok-1"))
-    error = api.api_error(refused.value)
+        requests.do_start_api_completion(ann, parse(model="grok-1"))
+    error = api_error(refused.value)
     assert (error.status, error.code, error.retry_after) == (429, "rate_limit_exceeded", 2)
     assert Conversation.objects.filter(owner=ann).count() == 2  # the refused one left nothing
 
@@ -173,14 +175,14 @@ def test_over_the_demo_model_the_models_list_and_keys_page_say_its_text_is_noise
         checkpoint.mkdir()
         (checkpoint / "config.json").write_text(json.dumps({"model_name": "m", "demo": demo}))
         settings.GROK_CHECKPOINT = str(checkpoint)
-        (model,) = api.list_models(ann)["data"]
-        assert model.get("description") == (api.DEMO_DESCRIPTION if demo else None)
+        (model,) = model_ids.list_models(ann)["data"]
+        assert model.get("description") == (model_ids.DEMO_DESCRIPTION if demo else None)
         assert ("random noise" in client.get("/settings/api-keys/").content.decode()) == demo
 
 
 def test_a_daily_limit_retries_after_midnight():
     resets_at = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
-    error = api.api_error(ChatError("quota", "All used.", resets_at=resets_at.isoformat(), upgrade=[]))
+    error = api_error(ChatError("quota", "All used.", resets_at=resets_at.isoformat(), upgrade=[]))
     assert (error.status, error.type, error.code) == (429, "rate_limit_error", "daily_limit_exceeded")
     assert 3 * 3600 - 5 <= error.retry_after <= 3 * 3600
 
@@ -190,28 +192,28 @@ def test_a_daily_limit_retries_after_midnight():
 
 def test_keys_are_stored_hashed_and_revoked_keys_fail(user_factory):
     ann = user_factory("ann")
-    row, key = api.do_create_api_key(ann, "  my   laptop ")
+    row, key = keys.do_create_api_key(ann, "  my   laptop ")
     assert key.startswith("gw-") and len(key) > 40 and row.name == "my laptop"
     assert row.hashed == hashlib.sha256(key.encode()).hexdigest() and key.startswith(row.prefix)
     assert key not in str(ApiKey.objects.filter(pk=row.pk).values().get())  # only its hash
-    assert api.check_api_key(f"Bearer {key}") == ann
+    assert keys.check_api_key(f"Bearer {key}") == ann
     assert ApiKey.objects.get(pk=row.pk).last_used_at is not None
     for header in [None, "", key, f"Basic {key}", "Bearer ", f"Bearer {key}x"]:
         with pytest.raises(ApiError) as refused:
-            api.check_api_key(header)
+            keys.check_api_key(header)
         assert (refused.value.status, refused.value.code) == (401, "invalid_api_key")
-    api.do_revoke_api_key(ann, row.pk)
+    keys.do_revoke_api_key(ann, row.pk)
     with pytest.raises(ApiError):
-        api.check_api_key(f"Bearer {key}")
+        keys.check_api_key(f"Bearer {key}")
     with pytest.raises(ChatError):
-        api.do_create_api_key(ann, "   ")
+        keys.do_create_api_key(ann, "   ")
 
 
 def test_create_api_key_command_prints_a_working_key(user_factory, capsys):
     ann = user_factory("ann")
     call_command("create_api_key", "ann", "--name", "cron job")
     key = capsys.readouterr().out.strip()
-    assert api.check_api_key(f"Bearer {key}") == ann
+    assert keys.check_api_key(f"Bearer {key}") == ann
     assert ApiKey.objects.get(user=ann).name == "cron job"
     with pytest.raises(CommandError, match="No user"):
         call_command("create_api_key", "nobody")
@@ -261,7 +263,7 @@ def django_shell(server, body: str, **data):
 
 
 NEW_USER = """
-from chat.api import do_create_api_key
+from chat.api.keys import do_create_api_key
 from chat.billing import do_grant_plan
 from chat.models import Persona, Plan, User
 user = User.objects.create_user(data["username"], password=data["password"])
@@ -283,7 +285,7 @@ reply = Message.objects.select_related("conversation").filter(role="assistant", 
 conversation = reply.conversation
 print(json.dumps({
     "status": reply.status, "finish_reason": reply.finish_reason, "content": reply.content,
-    "completion_tokens": reply.completion_tokens, "sampling": reply.sampling,
+    "completion_tokens": reply.completion_tokens, "generation": reply.generation,
     "source": conversation.source, "owner": conversation.owner.username,
     "title": conversation.title, "charged": UsageEntry.objects.filter(message=reply).exists(),
     "turns": [[m.role, m.content] for m in conversation.messages.all()],
@@ -325,7 +327,7 @@ def test_models_list_per_plan(embedded_server, new_user):
     models = client_for(embedded_server, premium_key).models.list()
     assert [m.id for m in models] == ["grok-1", "grok-1:regular"]
     assert all(m.object == "model" and m.owned_by == "grokweb" for m in models)
-    assert all(m.to_dict()["description"] == api.DEMO_DESCRIPTION for m in models)  # the tiny model
+    assert all(m.to_dict()["description"] == model_ids.DEMO_DESCRIPTION for m in models)  # the tiny model
 
 
 def test_a_completion_is_a_stored_api_conversation_seen_by_its_user(embedded_server, new_user):
@@ -354,7 +356,7 @@ def test_a_completion_is_a_stored_api_conversation_seen_by_its_user(embedded_ser
         ["user", "Name a colour"], ["assistant", "Blue."], ["user", "Another one"],
         ["assistant", choice.message.content],
     ]
-    assert stored["sampling"]["system_suffix"] == "Answer in rhyme." and stored["sampling"]["seed"] == 3
+    assert stored["generation"]["system_suffix"] == "Answer in rhyme." and stored["generation"]["seed"] == 3
     assert stored["charged"] and stored["completion_tokens"] == usage.completion_tokens
 
     # The user finds it in the chat page's sidebar.
@@ -577,7 +579,7 @@ def send(layer, reply, **event):
 
 async def test_following_trims_overlaps_and_fills_gaps_from_the_database(layer, streaming_reply, job_calls):
     reply = streaming_reply
-    events = api.follow_reply(reply.conversation.owner, reply.pk)
+    events = follow.follow_reply(reply.conversation.owner, reply.pk)
     assert await anext(events) == {"type": "delta", "text": "Hello"}  # what was saved already
     await send(layer, reply, type="reply.delta", offset=3, text="lo there")  # overlaps by two
     assert await anext(events) == {"type": "delta", "text": " there"}
@@ -594,7 +596,7 @@ async def test_following_trims_overlaps_and_fills_gaps_from_the_database(layer, 
     assert await anext(events) == {"type": "delta", "text": "!"}  # the end a dropped delta had
     last = await anext(events)
     assert last["type"] == "done" and last["error_code"] == "too_long"
-    assert (api.failure(last).status, api.failure(last).code) == (400, "context_length_exceeded")
+    assert (answers.failure(last).status, answers.failure(last).code) == (400, "context_length_exceeded")
     with pytest.raises(StopAsyncIteration):
         await anext(events)
     assert job_calls["cancel"] == []  # followed to its end: nothing to stop
@@ -602,7 +604,7 @@ async def test_following_trims_overlaps_and_fills_gaps_from_the_database(layer, 
 
 async def test_leaving_early_stops_the_reply(layer, streaming_reply, job_calls):
     reply = streaming_reply
-    events = api.follow_reply(reply.conversation.owner, reply.pk)
+    events = follow.follow_reply(reply.conversation.owner, reply.pk)
     assert (await anext(events))["text"] == "Hello"
     await events.aclose()  # what the server does when the client goes away
     assert job_calls["cancel"] == [reply.pk]  # the worker ends it at its next step

@@ -481,17 +481,18 @@ def test_protocol_client(page):
     assert reply_state(page, 101) == {"status": "stopped", "content": "Hello \U0001F600 world", "length": 13}
     assert "Stopped" in page.inner_text('.message[data-id="101"] .message-footer')
     assert page.is_visible("#send-button")
-    page.evaluate("__serve({type: 'title', conversation_id: 42, title: 'Greetings'})")
-    assert page.title().startswith("Greetings") and page.inner_text("#conversation-title") == "Greetings"
 
-    # Regenerate replaces the last reply.
+    # Regenerate replaces the last reply; the title `accepted` carries is shown.
     page.click('.message[data-id="101"] [data-action="regenerate"]')
     assert sent(page, "regenerate") == [{"type": "regenerate", "conversation_id": 42}]
     page.evaluate(
         """__serve({type: 'accepted', client_id: null, conversation_id: 42,
-            user_message: {id: 100, content: 'hello there'}, assistant_message: {id: 102, status: 'queued'}})"""
+            user_message: {id: 100, content: 'hello there'}, assistant_message: {id: 102, status: 'queued'},
+            title: 'Greetings'})"""
     )
     assert page.locator(".message").count() == 2 and page.locator('.message[data-id="101"]').count() == 0
+    assert page.title().startswith("Greetings") and page.inner_text("#conversation-title") == "Greetings"
+    assert page.locator('#conversation-list .conversation-item[data-id="42"]').inner_text().strip() == "Greetings"
     page.evaluate("__serve({type: 'delta', message_id: 102, offset: 0, text: 'abc'})")
 
     # A dropped socket reconnects and resumes the active reply from the length shown.

@@ -12,7 +12,8 @@ from django.test import Client
 
 from chat import jobs
 from chat.models import Message, UsageEntry, User
-from chat.worker import Publisher, serve
+from chat.publisher import Publisher
+from chat.serving import serve
 from grokweb.asgi import application
 
 ORIGIN = (b"origin", b"http://127.0.0.1")
@@ -192,8 +193,8 @@ async def test_a_reply_streams_as_deltas_then_done(login, worker):
     assert reply.content and not reply.content[0].isspace()  # the prompt's trailing space is dropped
     assert done["finish_reason"] in {"stop", "length"} and done["usage"]["completion_tokens"] <= 24
     assert done["usage"]["prompt_tokens"] > 0 and done["duration"] >= done["time_to_first_token"] > 0
-    assert reply.model_name == "grok-1-tiny-demo" and reply.sampling["max_new_tokens"] == 24
-    assert reply.persona_version_id is not None and reply.sampling["context_len"] <= 512
+    assert reply.model_name == "grok-1-tiny-demo" and reply.generation["max_new_tokens"] == 24
+    assert reply.persona_version_id is not None and reply.generation["context_len"] <= 512
     usage = await database_sync_to_async(UsageEntry.objects.get)(message=reply)
     assert usage.completion_tokens == reply.completion_tokens == done["usage"]["completion_tokens"]
 

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from chat import actions, plans
-from chat.actions import ChatError
+from chat.errors import ChatError
 from chat.models import Message, Plan, Subscription, UsageEntry
 
 pytestmark = pytest.mark.django_db
@@ -98,17 +98,17 @@ def test_a_send_without_a_persona_starts_on_the_first_one_the_plan_allows(ann, j
 
 def test_the_reply_carries_its_plans_reply_and_context_limits(ann, subscribe, job_calls):
     _, reply = send(ann)
-    assert reply.sampling == {"max_new_tokens": 512, "context_len": 4096}
+    assert reply.generation == {"max_new_tokens": 512, "context_len": 4096}
     finish(reply)
     subscribe(ann, "premium")
     _, reply = send(ann, persona="grok")
-    assert reply.sampling == {"max_new_tokens": 1024, "context_len": 8192}
+    assert reply.generation == {"max_new_tokens": 1024, "context_len": 8192}
 
 
 def test_staff_edits_of_a_plan_apply_to_the_next_reply(ann, job_calls):
     set_limits(max_new_tokens=100, context_len=2048)
     _, reply = send(ann)
-    assert reply.sampling == {"max_new_tokens": 100, "context_len": 2048}
+    assert reply.generation == {"max_new_tokens": 100, "context_len": 2048}
 
 
 # --- daily limits at their edges ------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_a_lapsed_subscription_falls_back_to_free_and_keeps_history(
     status = plans.plan_status(ann)
     assert (status["plan"], status["lapsed_plan"]) == ("Free", "Premium")
     _, reply = send(ann, persona="regular")
-    assert reply.sampling["max_new_tokens"] == 512
+    assert reply.generation["max_new_tokens"] == 512
 
     subscribe(ann, "premium", status="active", current_period_end=timezone.now() + dt.timedelta(days=30))
     finish(reply)

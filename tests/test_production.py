@@ -77,14 +77,14 @@ def test_the_backlog_is_what_no_worker_took_oldest_first(redis_db):
 def test_workers_learn_how_many_replies_the_others_hold_and_one_tells_the_backlog(redis_db):
     ann, bob = jobs.RedisQueue(TEST_REDIS_URL, 8), jobs.RedisQueue(TEST_REDIS_URL, 8)
     ann.consumer, bob.consumer = "ann", "bob"
-    redis_db.hset(jobs.HELD, "aaron", "7 1000.0")  # a worker silent since 1970: gone
+    redis_db.hset(jobs.WAITING, "aaron", "7 1000.0")  # a worker silent since 1970: gone
     ann.put(5)
     ann.put(6)
     assert ann.take(1, 0.05)[0].message_id == 5
     assert ann.waiting(10, 3) == (0, [6])
     assert bob.waiting(10, 2) == (3, [])  # ann, the least name alive, tells the backlog
     assert ann.waiting(10, 1) == (2, [6])
-    assert set(redis_db.hkeys(jobs.HELD)) == {"ann", "bob"}
+    assert set(redis_db.hkeys(jobs.WAITING)) == {"ann", "bob"}
 
 
 @pytest.mark.production

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from chat.actions import ChatError
+from chat.errors import ChatError
 from chat.prompts import STOP, build_prompt, render
 
 # ../shared/grok1/ from the project root

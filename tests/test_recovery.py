@@ -13,8 +13,9 @@ from bench.fault_kill_worker import CLAIM_SECONDS, kill_worker_mid_reply
 from bench.fault_restart_redis import restart_redis_mid_reply
 from chat import jobs
 from chat.models import Message
-from chat.worker import Replies, recover_replies
-from inference.worker import Update
+from chat.bridge import Bridge
+from chat.replies import do_recover_replies
+from inference.loop import Update
 
 
 def saved(reply_id: int) -> Message:
@@ -70,7 +71,7 @@ def streaming_reply(conversation_factory, user_factory, content="Once upon a tim
     conversation = conversation_factory(user_factory("ann"), [("user", "Tell me a story")], persona="regular")
     return conversation.messages.create(
         role="assistant", status="streaming", content=content, completion_tokens=5,
-        sampling={"max_new_tokens": 40, "seed": 3, "temperature": 0.8, "top_p": 0.95},
+        generation={"max_new_tokens": 40, "seed": 3, "temperature": 0.8, "top_p": 0.95},
     )
 
 
@@ -79,12 +80,12 @@ def test_a_taken_over_reply_continues_after_its_saved_text(
 ):
     reply = streaming_reply(conversation_factory, user_factory)
     sent = []
-    replies = Replies(engine, Taken(jobs.Job(reply.pk, "1-0", attempt=2)), sent.extend)
-    (request,) = replies.take(4, 0)
+    bridge = Bridge(engine, Taken(jobs.Job(reply.pk, "1-0", attempt=2)), sent.extend)
+    (request,) = bridge.take(4, 0)
     written = engine.tokenizer.encode(" Once upon a time")
     assert request.prompt_ids[-len(written):] == written
     assert request.params.max_new_tokens == 40 - len(written) and request.params.seed == 3
-    replies.deliver([Update(request.id, " there was", "stop", "", 30, 2, 0.1, 1.0)])
+    bridge.deliver([Update(request.id, " there was", "stop", "", 30, 2, 0.1, 1.0)])
     reply.refresh_from_db()
     assert (reply.status, reply.content, reply.completion_tokens) == ("done", "Once upon a time there was", 7)
     delta = next(event for _, event in sent if event["type"] == "reply.delta")
@@ -97,7 +98,7 @@ def test_past_the_attempt_limit_a_reply_fails_with_its_text_kept(
     settings.GROK_JOB_MAX_ATTEMPTS = 3
     reply = streaming_reply(conversation_factory, user_factory)
     queue, sent = Taken(jobs.Job(reply.pk, "1-0", attempt=4)), []
-    assert Replies(engine, queue, sent.extend).take(4, 0) == []
+    assert Bridge(engine, queue, sent.extend).take(4, 0) == []
     reply.refresh_from_db()
     assert (reply.status, reply.content) == ("failed", "Once upon a time") and "4" not in reply.error
     assert [event["type"] for _, event in sent] == ["reply.error", "reply.done"]
@@ -112,7 +113,7 @@ def test_the_embedded_worker_requeues_queued_replies_and_fails_streaming_ones_ke
         role="assistant", status="queued"
     )
     queue = jobs.LocalQueue(8)
-    events = recover_replies(queue)
+    events = do_recover_replies(queue)
     assert [j.message_id for j in queue.take(8, 0)] == [waiting.pk]
     reply.refresh_from_db()
     assert (reply.status, reply.content) == ("failed", "Once upon a time") and reply.error
@@ -124,8 +125,8 @@ def test_the_servers_cap_on_new_tokens_bounds_what_a_plan_or_request_asks(
 ):
     settings.GROK_MAX_NEW_TOKENS = 24
     conversation = conversation_factory(user_factory("ann"), [("user", "Hi")], persona="regular")
-    reply = conversation.messages.create(role="assistant", status="queued", sampling={"max_new_tokens": 2048})
-    (request,) = Replies(engine, Taken(jobs.Job(reply.pk, "")), list).take(4, 0)
+    reply = conversation.messages.create(role="assistant", status="queued", generation={"max_new_tokens": 2048})
+    (request,) = Bridge(engine, Taken(jobs.Job(reply.pk, "")), list).take(4, 0)
     assert request.params.max_new_tokens == 24
     engine.add(request)  # leaves the engine with the fixture's cleanup
 

@@ -1,4 +1,4 @@
-"""inference/worker.py with the real tiny engine: batching, flushing, cancels, failures, drain."""
+"""inference/loop.py with the real tiny engine: batching, flushing, cancels, failures, drain."""
 
 import threading
 import time
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from inference.engine import Request, SamplingParams
-from inference.worker import STOPPED_ERROR, Worker
+from inference.loop import STOPPED_ERROR, ServingLoop
 
 FLUSH = 0.04
 
@@ -18,7 +18,7 @@ class Source:
     def __init__(self):
         self.pending: list[Request] = []
         self.cancels: set[str] = set()
-        self.held_elsewhere = 0  # what other workers hold for a free slot, as `waiting` says
+        self.waiting_elsewhere = 0  # what waits in other workers for a free slot, as `waiting` says
 
     def take(self, max_jobs, timeout):
         taken, self.pending = self.pending[:max_jobs], self.pending[max_jobs:]
@@ -27,8 +27,8 @@ class Source:
     def cancelled(self, request_ids):
         return self.cancels & set(request_ids)
 
-    def waiting(self, limit, held):
-        return self.held_elsewhere, [r.id for r in self.pending[:limit]]
+    def waiting(self, limit, waiting_here):
+        return self.waiting_elsewhere, [r.id for r in self.pending[:limit]]
 
 
 class Sink:
@@ -83,7 +83,7 @@ def test_batched_replies_match_their_solo_runs_and_arrive_in_batches(engine):
     source, sink, slots = Source(), Sink(), len(engine.slots)
     requests = [request(engine, str(i)) for i in range(slots + 1)]  # one more than the slots
     source.pending = list(requests)
-    worker = Worker(engine, source, sink, max_jobs=2 * slots, flush_interval=FLUSH)
+    worker = ServingLoop(engine, source, sink, max_jobs=2 * slots, flush_interval=FLUSH)
     run_until(worker)
 
     for req in requests:
@@ -99,17 +99,17 @@ def test_batched_replies_match_their_solo_runs_and_arrive_in_batches(engine):
     assert all(b - a >= FLUSH * 0.9 for a, b in zip(times, times[1:-1]))
 
 
-@pytest.mark.parametrize("held_elsewhere", [0, 5])
-def test_waiting_replies_are_told_their_place_behind_those_held_and_move_up(engine, held_elsewhere):
+@pytest.mark.parametrize("waiting_elsewhere", [0, 5])
+def test_waiting_replies_are_told_their_place_behind_those_held_and_move_up(engine, waiting_elsewhere):
     source, sink, slots = Source(), Sink(), len(engine.slots)
-    source.held_elsewhere = held_elsewhere  # other workers' replies waiting for their slots
+    source.waiting_elsewhere = waiting_elsewhere  # other workers' replies waiting for their slots
     source.pending = [request(engine, str(i)) for i in range(slots + 3)]
-    worker = Worker(engine, source, sink, max_jobs=slots + 1, flush_interval=FLUSH)
+    worker = ServingLoop(engine, source, sink, max_jobs=slots + 1, flush_interval=FLUSH)
     run_until(worker)
     held, queued = str(slots), [str(slots + 1), str(slots + 2)]  # one waits in the worker, two in the queue
     assert sink.positions[0] == {held: 1}
     # The shared queue, after what this worker and the others hold.
-    assert {queued[0]: 2 + held_elsewhere, queued[1]: 3 + held_elsewhere} in sink.positions
+    assert {queued[0]: 2 + waiting_elsewhere, queued[1]: 3 + waiting_elsewhere} in sink.positions
     told = {}
     for change in sink.positions:  # only ever up; never again once started (two may start at once)
         assert all(place < told.get(i, place + 1) for i, place in change.items())
@@ -134,7 +134,7 @@ def test_fast_steps_are_gathered_into_one_delivery_per_interval(engine):
     timed = Timed(engine)
     source, sink = Source(), Sink()
     source.pending = [request(engine, "1", max_new_tokens=60)]
-    worker = Worker(timed, source, sink, max_jobs=4, flush_interval=FLUSH, clock=lambda: timed.now)
+    worker = ServingLoop(timed, source, sink, max_jobs=4, flush_interval=FLUSH, clock=lambda: timed.now)
     run_until(worker)
     assert len(sink.deliveries) <= timed.steps / 3
     assert sink.final("1").completion_tokens == 60 or sink.final("1").finish_reason == "stop"
@@ -143,7 +143,7 @@ def test_fast_steps_are_gathered_into_one_delivery_per_interval(engine):
 def test_a_new_job_joins_the_running_batch(engine):
     source, sink = Source(), Sink()
     source.pending = [request(engine, "1", max_new_tokens=60)]
-    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    worker = ServingLoop(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
     run_until(worker, lambda: any(u.text for u in sink.updates("1")))
     source.pending = [request(engine, "2", max_new_tokens=8)]
     run_until(worker)
@@ -155,7 +155,7 @@ def test_a_new_job_joins_the_running_batch(engine):
 def test_cancel_ends_a_reply_promptly_keeping_its_text(engine):
     source, sink = Source(), Sink()
     source.pending = [request(engine, "1", max_new_tokens=400)]
-    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    worker = ServingLoop(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
     run_until(worker, lambda: len(sink.updates("1")) >= 2)
     source.cancels.add("1")
     at_cancel = sink.updates("1")[-1].completion_tokens
@@ -171,7 +171,7 @@ def test_a_failing_request_fails_alone(engine):
     source, sink = Source(), Sink()
     too_long = Request("bad", [5] * 600, SamplingParams(max_new_tokens=4))  # context is 512
     source.pending = [too_long, request(engine, "1", max_new_tokens=8)]
-    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    worker = ServingLoop(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
     run_until(worker)
     bad = sink.final("bad")
     assert bad.finish_reason == "error" and "512" in bad.error
@@ -197,7 +197,7 @@ def test_a_failing_step_fails_its_batch_and_the_loop_goes_on(engine):
     flaky = Flaky(engine)
     source, sink = Source(), Sink()
     source.pending = [request(engine, "1", max_new_tokens=200)]
-    worker = Worker(flaky, source, sink, max_jobs=4, flush_interval=FLUSH)
+    worker = ServingLoop(flaky, source, sink, max_jobs=4, flush_interval=FLUSH)
     run_until(worker, lambda: any(u.text for u in sink.updates("1")))
     flaky.explode = True
     run_until(worker)
@@ -213,7 +213,7 @@ def test_text_is_kept_for_the_next_delivery_when_the_sink_fails(engine):
     source, sink = Source(), Sink()
     req = request(engine, "1", max_new_tokens=30)
     source.pending = [req]
-    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    worker = ServingLoop(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
     run_until(worker, lambda: any(u.text for u in sink.updates("1")))
     sink.fail_next = 2
     run_until(worker)
@@ -239,7 +239,7 @@ def test_replies_in_hand_go_on_while_the_job_source_is_away(engine):
     source, sink = Flaky(), Sink()
     req = request(engine, "1", max_new_tokens=30)
     source.pending = [req]
-    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    worker = ServingLoop(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
     run_until(worker, lambda: "1" in worker.replies)
     source.away = True
     run_until(worker)
@@ -253,7 +253,7 @@ def test_replies_in_hand_go_on_while_the_job_source_is_away(engine):
 def test_stop_drains_then_fails_what_is_left(engine):
     source, sink = Source(), Sink()
     source.pending = [request(engine, "1", max_new_tokens=400)]
-    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
+    worker = ServingLoop(engine, source, sink, max_jobs=4, flush_interval=FLUSH)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"drain_timeout": 0.2})
     thread.start()
@@ -275,14 +275,14 @@ def test_stop_drains_then_fails_what_is_left(engine):
 def test_flush_interval_is_respected(engine, interval):
     source, sink = Source(), Sink()
     source.pending = [request(engine, "1", max_new_tokens=60)]
-    worker = Worker(engine, source, sink, max_jobs=4, flush_interval=interval)
+    worker = ServingLoop(engine, source, sink, max_jobs=4, flush_interval=interval)
     run_until(worker)
     times = [t for t, _ in sink.deliveries]
     assert all(b - a >= interval * 0.9 for a, b in zip(times, times[1:-1]))
 
 
 def test_the_settings_pick_the_engine_and_a_bad_dtype_is_refused(settings, tiny_checkpoint):
-    from chat.worker import load_engine
+    from chat.serving import load_engine
 
     settings.GROK_CHECKPOINT, settings.GROK_QUANT, settings.GROK_MAX_BATCH = str(tiny_checkpoint), "int8", 1
     settings.GROK_DEVICE, settings.GROK_DTYPE, settings.GROK_CONTEXT_LEN = "cpu", "bfloat16", 256

@@ -16,6 +16,7 @@
  * while a reply streams (streaming: true skips the costly language auto-detection) and once
  * more when the reply is done; the admin review page uses the same file through
  * templates/chat/_render_assets.html, which also renders every [data-grok-markdown] element.
+ * GrokRender.copyText and GrokRender.flash serve the copy buttons here and on the chat page.
  */
 (function (global) {
   "use strict";
@@ -137,6 +138,7 @@
     });
   }
 
+  // Shows `label` on a button for a moment (Copied, Copy failed), then its own text again.
   function flash(button, label) {
     var original = button.dataset.label || button.textContent;
     button.dataset.label = original;
@@ -206,7 +208,7 @@
     element.classList.add("md");
   }
 
-  global.GrokRender = { render: render, copyText: copyText };
+  global.GrokRender = { render: render, copyText: copyText, flash: flash };
 
   // Pages that only display stored text (the admin review page) mark elements with
   // data-grok-markdown="<raw text, auto-escaped by Django>" and need no code of their own.

@@ -2,7 +2,7 @@
  * Applies the remembered light/dark choice before the page paints (loaded synchronously in
  * <head>, so there is no flash of the wrong theme). With no stored choice it follows
  * prefers-color-scheme, live; the stylesheets key every colour on data-theme alone.
- * chat.js and the toggle button use GrokTheme.
+ * Wires every [data-theme-toggle] button; GrokTheme exposes the same to other scripts.
  */
 (function () {
   "use strict";

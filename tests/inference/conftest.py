@@ -30,7 +30,7 @@ def golden(golden_dir) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def converted_golden(golden_dir, tmp_path_factory) -> Path:
     """golden-tiny converted to the project's safetensors format (small shards, to exercise sharding)."""
-    from inference.checkpoint import convert
+    from inference.convert import convert
 
     dst = tmp_path_factory.mktemp("golden") / "converted"
     convert(golden_dir, dst, shard_bytes=200_000)

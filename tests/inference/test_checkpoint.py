@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-import inference.checkpoint as checkpoint
-from inference.checkpoint import CheckpointError, convert, load_model, logits
+import inference.convert as converting
+from inference.checkpoint import load_model
+from inference.cli import logits
+from inference.convert import convert
+from inference.released import CheckpointError
 
 REPO = Path(__file__).parents[2]
 
@@ -107,7 +110,7 @@ def test_truncated_and_missing_shards_are_named(converted_golden, tmp_path):
 
 def test_convert_resumes_after_interruption(golden_dir, golden, tmp_path, monkeypatch):
     dst = tmp_path / "converted"
-    real_read = checkpoint.read_released_tensor
+    real_read = converting.read_released_tensor
     reads = []
     crash_at = [12]
 
@@ -117,7 +120,7 @@ def test_convert_resumes_after_interruption(golden_dir, golden, tmp_path, monkey
             raise RuntimeError("simulated crash in the middle of a shard")
         return real_read(file, name)
 
-    monkeypatch.setattr(checkpoint, "read_released_tensor", read)
+    monkeypatch.setattr(converting, "read_released_tensor", read)
     with pytest.raises(RuntimeError, match="simulated crash"):
         convert(golden_dir, dst, shard_bytes=100_000)
     assert not (dst / "model.safetensors.index.json").exists()  # never mistaken for complete

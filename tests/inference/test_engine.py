@@ -26,7 +26,7 @@ def model(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoint) -> Engine:
-    return Engine(tiny_checkpoint, max_batch=3)
+    return Engine(tiny_checkpoint, quant="none", max_batch=3)
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_sample_draws_each_row_from_its_own_generator():
 def test_engine_reads_the_checkpoint(idle_engine, tiny_checkpoint):
     assert idle_engine.model_name == "grok-1-tiny-demo"
     assert idle_engine.is_demo
-    assert idle_engine.context_len == idle_engine.config.sequence_len
+    assert idle_engine.context_len == idle_engine.config.context_len
     assert idle_engine.tokenizer.vocab_size == idle_engine.config.vocab_size
 
 
@@ -230,7 +230,7 @@ def test_max_new_tokens_and_context_full_end_with_length(idle_engine, model, pro
     deltas = list(idle_engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=5)))
     assert (deltas[-1].finish_reason, deltas[-1].completion_tokens) == ("length", 5)
 
-    small = Engine(tiny_checkpoint, max_batch=1, max_seq_len=len(prompt) + 4)
+    small = Engine(tiny_checkpoint, quant="none", max_batch=1, context_len=len(prompt) + 4)
     deltas = list(small.generate(prompt, SamplingParams(temperature=0, max_new_tokens=100)))
     assert (deltas[-1].finish_reason, deltas[-1].completion_tokens) == ("length", 4)
     with pytest.raises(ValueError, match="context holds"):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference.checkpoint import load_model, logits
+from inference.checkpoint import load_model
+from inference.cli import logits
 from inference.model import GrokConfig
 
 
@@ -39,12 +40,14 @@ def test_golden_logits(source, dtype, reference, tolerance, golden, golden_dir, 
         assert (ours.argmax(-1) == ref.argmax(-1))[valid].all()
 
 
-def test_config_from_json_overrides_defaults_and_ignores_unknown_keys(golden_dir):
-    config = GrokConfig.from_json(golden_dir / "config.json")  # carries tensor_order, not a field
+def test_config_from_checkpoint_overrides_defaults_and_ignores_unknown_keys(golden_dir):
+    config = GrokConfig.from_checkpoint(golden_dir)  # carries tensor_order, not a field
     assert (config.vocab_size, config.emb_size, config.num_layers, config.ffn_size) == (512, 64, 2, 88)
     assert config.bos_token == 1  # not in the file: default kept
     full = GrokConfig()
-    assert (full.num_q_heads, full.num_kv_heads, full.ffn_size, full.sequence_len) == (48, 8, 32768, 8192)
+    assert (full.num_q_heads, full.num_kv_heads, full.ffn_size, full.context_len) == (48, 8, 32768, 8192)
+    assert config.context_len == 64  # xAI's key, "sequence_len"
+    assert GrokConfig.from_dict(config.to_dict()) == config and config.to_dict()["sequence_len"] == 64
 
 
 @pytest.fixture(scope="module")

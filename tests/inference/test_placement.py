@@ -1,13 +1,11 @@
 """Placement over CPU and disk with accelerate, and the `plan` command for the full model."""
 
-import argparse
-
 import pytest
 import torch
 from accelerate.utils import compute_module_sizes
 
-from inference import placement
-from inference.checkpoint import load_model, read_config
+from inference import cli, placement
+from inference.checkpoint import load_model
 from inference.model import GrokConfig
 from inference.quantize import meta_model
 
@@ -16,7 +14,7 @@ from inference.quantize import meta_model
 def budget(tiny_checkpoint) -> int:
     """A CPU budget that holds the embedding and two of the tiny model's four layers (accelerate keeps
     room for one more layer, to bring offloaded ones in)."""
-    sizes = compute_module_sizes(meta_model(read_config(tiny_checkpoint), "int8", torch.float32))
+    sizes = compute_module_sizes(meta_model(GrokConfig.from_checkpoint(tiny_checkpoint), "int8", torch.float32))
     return sizes["embed"] + sizes["norm"] + 3 * sizes["layers.0"] + 1000
 
 
@@ -59,7 +57,7 @@ def test_the_kv_cache_is_kept_out_of_the_budgets(tiny_checkpoint, budget, tmp_pa
     assert eight.rows[0][2] <= 80 * 2**30 - kv
 
     # Loading keeps it out too: a layer's worth of cache sends one more tiny layer to disk.
-    layer = compute_module_sizes(meta_model(read_config(tiny_checkpoint), "int8", torch.float32))["layers.0"]
+    layer = compute_module_sizes(meta_model(GrokConfig.from_checkpoint(tiny_checkpoint), "int8", torch.float32))["layers.0"]
     model = load_model(
         tiny_checkpoint, quant="int8", dtype=torch.float32, max_cpu_memory=budget, offload_dir=tmp_path, kv_bytes=layer
     )
@@ -107,9 +105,7 @@ def test_plan_full_model_fits_eight_gpus_and_is_bandwidth_bound():
 
 
 def test_plan_cli_prints_devices_bytes_and_speed(capsys):
-    parser = argparse.ArgumentParser()
-    placement.plan_arguments(parser)
-    placement.plan_cli(parser.parse_args(["--quant", "int8", "--max-gpu-memory", "80GiB", "--num-gpus", "2", "--max-cpu-memory", "100GiB"]))
+    cli.main(["plan", "--quant", "int8", "--max-gpu-memory", "80GiB", "--num-gpus", "2", "--max-cpu-memory", "100GiB"])
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].startswith("Grok-1 (full preset): 64 layers, quant int8")

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from inference.checkpoint import load_model, logits
+from inference.checkpoint import load_model
+from inference.cli import logits
 from inference.model import GrokConfig
 from inference import quantize
 from inference.quantize import Int8Linear, build_linear, dequantize, meta_model

@@ -15,8 +15,8 @@ from inference.tiny import make_tiny
 def test_config_marks_a_demo_with_a_real_context_window(tiny_checkpoint):
     raw = json.loads((tiny_checkpoint / "config.json").read_text())
     assert raw["demo"] is True and raw["model_name"] == "grok-1-tiny-demo"
-    config = GrokConfig.from_json(tiny_checkpoint / "config.json")
-    assert config.sequence_len == 4096 and config.vocab_size == 2048
+    config = GrokConfig.from_checkpoint(tiny_checkpoint)
+    assert config.context_len == 4096 and config.vocab_size == 2048
     assert (config.num_experts, config.num_selected_experts, config.num_q_heads, config.num_kv_heads) == (8, 2, 4, 2)
     assert config.num_q_heads * config.key_size == config.emb_size
 

@@ -2,8 +2,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from chat.actions import ChatError
-from chat.api import do_create_api_key
+from chat.errors import ChatError
+from chat.api.keys import do_create_api_key
 from chat.models import User
 
 

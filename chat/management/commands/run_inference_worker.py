@@ -7,7 +7,8 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from chat.worker import Publisher, event_loop_thread, load_engine, serve
+from chat.publisher import Publisher, event_loop_thread
+from chat.serving import load_engine, serve
 from inference.placement import kv_cache_bytes
 
 log = logging.getLogger(__name__)

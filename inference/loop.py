@@ -1,4 +1,4 @@
-"""The inference worker loop: jobs in, batched text out. Knows nothing of Django.
+"""The serving loop: jobs in, batched text out. Knows nothing of Django.
 
 A `JobSource` hands out ready `Request`s and says which were cancelled; a `Sink` stores and
 publishes what the engine wrote. The loop admits new jobs into the running batch between steps
@@ -30,8 +30,8 @@ IDLE_WAIT = 0.25  # how long `take` may block when the engine is idle (bounds th
 SINK_RETRY = 1.0  # seconds before retrying a sink that raised
 SOURCE_RETRY = 0.5  # seconds before looking again at a job source that raised, doubling ...
 SOURCE_RETRY_MAX = 4.0  # ... up to this while it keeps failing (Redis restarting, say)
-BACKLOG_INTERVAL = 0.5  # seconds between looks at the shared queue's backlog, for positions
-MAX_POSITIONS = 200  # replies told their place in line; those further back are just "queued"
+WAITING_INTERVAL = 0.5  # seconds between looks at what waits in the shared queue, for positions
+MAX_POSITIONS = 200  # waiting replies told their place in line; those further back are only told they wait
 MAX_STEP_FAILURES = 3  # consecutive failing steps after which the engine is taken to be broken
 STOPPED_ERROR = "The worker stopped before the reply was finished."
 
@@ -43,10 +43,10 @@ class JobSource(Protocol):
     def cancelled(self, request_ids: Collection[str]) -> set[str]:
         """Those of `request_ids` whose cancellation was asked for."""
 
-    def waiting(self, limit: int, held: int) -> tuple[int, list[str]]:
-        """(how many requests other workers hold for a free slot, up to `limit` requests no worker
-        has taken yet, oldest first, or none when another worker tells them their place);
-        `held`: how many this worker holds, for the others to know."""
+    def waiting(self, limit: int, waiting_here: int) -> tuple[int, list[str]]:
+        """(how many requests wait for a free slot in other workers' engines, up to `limit`
+        requests waiting that no worker has taken yet, oldest first, or none when another worker
+        tells them their place); `waiting_here`: how many wait in this worker's engine, for the others to know."""
 
 
 @dataclass
@@ -72,7 +72,9 @@ class Sink(Protocol):
 
 
 @dataclass
-class _Reply:
+class _InFlight:
+    """A reply from the moment its request is taken until its end is delivered."""
+
     request_id: str
     taken_at: float
     text: str = ""
@@ -100,12 +102,12 @@ class _Reply:
         )
 
 
-class Worker:
+class ServingLoop:
     """Drives `engine` with jobs from `source`, reporting to `sink`.
 
-    `max_jobs` bounds the requests held at once (running plus waiting inside the engine): a
+    `max_jobs` bounds the requests taken at once (running plus waiting inside the engine): a
     little more than the engine's batch, so a freed slot is refilled at once and the waiting ones
-    can be told their place, while the rest stay in the shared queue for other workers.
+    can be told their place, while the rest wait in the shared queue for other workers.
     """
 
     def __init__(
@@ -124,14 +126,14 @@ class Worker:
         self.max_jobs = max_jobs
         self.flush_interval = flush_interval
         self.clock = clock
-        self.replies: dict[str, _Reply] = {}  # taken and not yet delivered to the end
+        self.replies: dict[str, _InFlight] = {}  # taken and not yet delivered to the end
         self._last_flush = float("-inf")
         self._poll_at = float("-inf")
         self._retry_at = float("-inf")
         self._positions: dict[str, int] = {}
-        self._backlog: list[str] = []  # the source's `waiting`, looked at every BACKLOG_INTERVAL
-        self._held_elsewhere = 0  # replies other workers hold for a free slot, as of that look
-        self._backlog_at = float("-inf")
+        self._untaken: list[str] = []  # waiting, taken by no worker yet: the source's `waiting`, every WAITING_INTERVAL
+        self._waiting_elsewhere = 0  # waiting for a free slot in other workers' engines, as of that look
+        self._waiting_at = float("-inf")
         self._step_failures = 0
         self._source_failures = 0
 
@@ -171,7 +173,7 @@ class Worker:
     # -- steps of a tick ------------------------------------------------------------------------
 
     def _waiting(self) -> list[str]:
-        """Requests this worker holds for a free slot, first in line first."""
+        """Requests waiting in this worker's engine for a free slot, first in line first."""
         return [i for i in self.engine.queued() if i in self.replies]
 
     def _running(self) -> list[str]:
@@ -190,11 +192,11 @@ class Worker:
             if self.replies:
                 for request_id in self.source.cancelled(self._running()):
                     self._cancel(request_id)
-            if not busy:  # nothing held waits, so neither does anything in the queue
-                self._backlog, self._held_elsewhere = [], 0
-            elif now >= self._backlog_at:
-                self._backlog_at = now + BACKLOG_INTERVAL
-                self._held_elsewhere, self._backlog = self.source.waiting(MAX_POSITIONS, len(self._waiting()))
+            if not busy:  # nothing waits here, so nothing in the queue waits either
+                self._untaken, self._waiting_elsewhere = [], 0
+            elif now >= self._waiting_at:
+                self._waiting_at = now + WAITING_INTERVAL
+                self._waiting_elsewhere, self._untaken = self.source.waiting(MAX_POSITIONS, len(self._waiting()))
         except Exception as exc:  # the queue is away: keep writing the replies in hand, look again later
             retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY * 2**self._source_failures)
             self._source_failures += 1
@@ -211,11 +213,11 @@ class Worker:
 
     def _admit(self, free: int, timeout: float) -> None:
         taken = self.source.take(free, timeout)
-        if taken:  # out of the queue now: the backlog last looked at must not list them again
+        if taken:  # out of the queue now: the untaken ones last looked at must not list them again
             ids = {request.id for request in taken}
-            self._backlog = [i for i in self._backlog if i not in ids]
+            self._untaken = [i for i in self._untaken if i not in ids]
         for request in taken:
-            reply = _Reply(request.id, taken_at=self.clock())
+            reply = _InFlight(request.id, taken_at=self.clock())
             self.replies[request.id] = reply
             try:
                 self.engine.add(request)
@@ -265,7 +267,7 @@ class Worker:
             if reply.interrupted:
                 reply.error = STOPPED_ERROR
 
-    def _fail(self, reply: _Reply, error: str) -> None:
+    def _fail(self, reply: _InFlight, error: str) -> None:
         reply.finish_reason = "error"
         reply.error = error
         reply.finished_at = self.clock()
@@ -273,12 +275,12 @@ class Worker:
 
     def _flush(self, now: float) -> None:
         self._last_flush = now
-        # In line: those this worker holds for a free slot, then those no worker took yet (when the
-        # source gives them to this worker to tell), behind all that every worker holds.
-        held = self._waiting()
-        positions = {request_id: place for place, request_id in enumerate(held, 1)}
-        ahead = len(held) + self._held_elsewhere
-        for place, request_id in enumerate(self._backlog[: max(0, MAX_POSITIONS - ahead)], ahead + 1):
+        # In line: those waiting in this worker's engine, then those no worker took yet (when the
+        # source gives them to this worker to tell), behind all that wait in every worker's engine.
+        waiting = self._waiting()
+        positions = {request_id: place for place, request_id in enumerate(waiting, 1)}
+        ahead = len(waiting) + self._waiting_elsewhere
+        for place, request_id in enumerate(self._untaken[: max(0, MAX_POSITIONS - ahead)], ahead + 1):
             positions[request_id] = place
         # First come, first served: a place never rises. A higher figure would only come from
         # counts a moment old, so a reply keeps the least place it was told.

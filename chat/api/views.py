@@ -1,5 +1,5 @@
-"""The OpenAI-compatible API (docs/api.md) and the page where users manage their API keys.
-The rules live in chat.api."""
+"""The OpenAI-compatible API's views (docs/api.md) and the page where users manage their API
+keys. Thin: the rules live in the other modules of chat/api/."""
 
 import asyncio
 from contextlib import aclosing
@@ -13,9 +13,13 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
-from chat import api
-from chat.actions import ChatError
-from chat.api import ApiError
+from chat import serving
+from chat.api import keys
+from chat.api.answers import Completion, failure
+from chat.api.follow import follow_reply
+from chat.api.model_ids import list_models
+from chat.api.requests import do_start_api_completion, parse_completion_request
+from chat.errors import ApiError, ChatError, api_error, bad_request
 from chat.models import User
 
 
@@ -29,7 +33,7 @@ def error_response(error: ApiError) -> JsonResponse:
 async def authenticated(request: HttpRequest, method: str) -> User:
     if request.method != method:
         raise ApiError(405, f"Use {method}.", code="method_not_allowed")
-    return await database_sync_to_async(api.check_api_key)(request.headers.get("Authorization"))
+    return await database_sync_to_async(keys.check_api_key)(request.headers.get("Authorization"))
 
 
 # The API is called by programs holding a key, not by browsers holding our session cookie: there
@@ -40,7 +44,7 @@ async def models(request: HttpRequest) -> JsonResponse:
         user = await authenticated(request, "GET")
     except ApiError as error:
         return error_response(error)
-    return JsonResponse(await database_sync_to_async(api.list_models)(user))
+    return JsonResponse(await database_sync_to_async(list_models)(user))
 
 
 @csrf_exempt
@@ -48,20 +52,18 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     try:
         user = await authenticated(request, "POST")
         try:
-            completion_request = api.parse_completion_request(request.body)
+            completion_request = parse_completion_request(request.body)
         except RequestDataTooBig:
-            raise api.bad_request("The request body is too large.") from None
+            raise bad_request("The request body is too large.") from None
         if settings.GROK_EMBEDDED_WORKER:
-            from chat.worker import start_embedded_worker
-
-            start_embedded_worker(asyncio.get_running_loop())
-        reply = await database_sync_to_async(api.do_start_api_completion)(user, completion_request)
+            serving.start_embedded_worker(asyncio.get_running_loop())
+        reply = await database_sync_to_async(do_start_api_completion)(user, completion_request)
     except ChatError as error:
-        return error_response(api.api_error(error))
+        return error_response(api_error(error))
     except ApiError as error:
         return error_response(error)
-    completion = api.Completion.of(reply, completion_request.model)
-    events = api.follow_reply(user, reply.pk)
+    completion = Completion.of(reply, completion_request.model)
+    events = follow_reply(user, reply.pk)
     if completion_request.stream:
         response = StreamingHttpResponse(
             completion.sse(events, completion_request.include_usage),
@@ -74,8 +76,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         async with aclosing(events):
             done = [event async for event in events if event["type"] == "done"][-1]
     except ChatError as error:
-        return error_response(api.api_error(error))
-    error = api.failure(done)
+        return error_response(api_error(error))
+    error = failure(done)
     if error is not None:
         return error_response(error)
     return JsonResponse(completion.body(done))
@@ -91,7 +93,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     created, error = None, ""
     if request.method == "POST":
         try:
-            created = api.do_create_api_key(request.user, request.POST.get("name", ""))
+            created = keys.do_create_api_key(request.user, request.POST.get("name", ""))
         except ChatError as exc:
             error = exc.message
     context = {
@@ -99,7 +101,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
         "created": created,
         "error": error,
         "base_url": request.build_absolute_uri("/v1"),
-        "models": [model["id"] for model in api.list_models(request.user)["data"]],
+        "models": [model["id"] for model in list_models(request.user)["data"]],
     }
     response = render(request, "chat/api_keys.html", context, status=400 if error else 200)
     response["Cache-Control"] = "no-store"  # it may hold a new key: never from a cache
@@ -110,7 +112,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 @require_POST
 def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
     try:
-        api.do_revoke_api_key(request.user, key_id)
+        keys.do_revoke_api_key(request.user, key_id)
     except ChatError as error:
         raise Http404(error.message) from None
     return redirect("api_keys")

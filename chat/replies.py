@@ -1,0 +1,220 @@
+"""The domain rules of writing a reply, on the worker's side: starting it, saving its text,
+failing it, and recovering what a dead web process left behind.
+
+Starting (`do_start_reply`) turns a queued assistant message into what the engine needs: its
+history, persona and plan limits make the prompt (`chat.prompts`), and the sampling used is
+recorded on the message (`Message.generation`) so the reply can be reproduced. A job taken over
+from a worker that died (`Job.attempt` > 1) finds its reply `streaming` with the text saved so
+far: the new worker continues it, with that text appended to the prompt, so pages get more deltas
+at the next offsets and nothing they were shown is taken back. Past `GROK_JOB_MAX_ATTEMPTS` the
+reply is failed instead, its text kept.
+
+Saving (`do_save_updates`) writes every reply's text first, all of them in one transaction, and
+returns the events to send only after that, so a page that asks the database after a dropped
+frame finds at least what it was sent.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from chat import jobs, plans
+from chat.errors import ChatError
+from chat.events import Events, delta_event, done_event, failure_events, group_name
+from chat.models import Message
+from chat.prompts import Tokenizer, build_prompt
+from inference.loop import Update
+
+
+@dataclass
+class ReplyStart:
+    """What the engine needs to write one reply."""
+
+    reply_id: int
+    prompt_ids: list[int]
+    sampling: dict  # temperature, top_p, top_k, seed, max_new_tokens
+    stop: tuple[str, ...]
+    saved_text: str = ""  # a continuation: what a dead worker saved, which this one goes on from
+    saved_tokens: int = 0
+
+
+@dataclass
+class Progress:
+    """What is saved of one reply being written."""
+
+    saved_text: str = ""  # the text a dead worker saved: this worker's text goes on from it
+    saved_tokens: int = 0
+    shown: int | None = None  # characters saved and sent so far (None: len(saved_text))
+
+
+@dataclass
+class Saved:
+    events: Events = field(default_factory=list)
+    shown: dict[int, int] = field(default_factory=dict)  # reply id -> characters now shown
+    finished: list[int] = field(default_factory=list)
+
+
+def do_start_reply(
+    job: jobs.Job, tokenizer: Tokenizer, *, context_len: int, model_name: str
+) -> ReplyStart | None:
+    """Mark the job's reply streaming and say how to write it; None when the reply is no longer
+    queued (or, for a job taken over, streaming). ChatError when it cannot be written (too many
+    attempts, nothing to answer, a message that alone overflows the context). The row lock
+    settles a race with `do_stop` of a queued reply."""
+    with transaction.atomic():
+        reply = (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("conversation__persona")
+            .filter(pk=job.message_id, role=Message.Role.ASSISTANT)
+            .first()
+        )
+        resuming = job.attempt > 1 and reply is not None and reply.status == Message.Status.STREAMING
+        if reply is None or not (reply.status == Message.Status.QUEUED or resuming):
+            return None
+        if job.attempt > settings.GROK_JOB_MAX_ATTEMPTS:
+            raise ChatError(
+                "failed", f"The reply was started {job.attempt - 1} times and never finished."
+            )
+        persona = reply.conversation.persona
+        version = persona.current_version
+        # Earlier turns with text: a stopped reply counts as what the user saw.
+        turns = [
+            (role, content)
+            for role, content in reply.conversation.messages.filter(pk__lt=reply.pk)
+            .exclude(content="")
+            .values_list("role", "content")
+        ]
+        # The plan's limits, recorded on the queued reply, within the server's and the model's.
+        limits = reply.generation or {}
+        context_len = min(context_len, limits.get("context_len") or context_len)
+        max_new_tokens = min(
+            limits.get("max_new_tokens") or settings.GROK_MAX_NEW_TOKENS,
+            settings.GROK_MAX_NEW_TOKENS,
+            context_len // 2,  # so that a reply never starves the history of room
+        )
+        if not turns or turns[-1][0] != Message.Role.USER:
+            raise ChatError("conflict", "There is no message to answer.")
+        system_prompt = version.system_prompt if version else ""
+        if limits.get("system_suffix"):  # an API request's system text adds to the persona's
+            system_prompt = f"{system_prompt.strip()}\n\n{limits['system_suffix']}"
+        prompt = build_prompt(
+            system_prompt,
+            turns,
+            tokenizer,
+            context_len=context_len,
+            max_new_tokens=max_new_tokens,
+            assistant_name=persona.name,
+        )
+        # An API request may set temperature, top_p and seed (chat/api/requests.py); else the
+        # server's.
+        seed = limits.get("seed")
+        sampling = {
+            "temperature": limits.get("temperature", settings.GROK_TEMPERATURE),
+            "top_p": limits.get("top_p", settings.GROK_TOP_P),
+            "top_k": settings.GROK_TOP_K,
+            # recorded, so a reply can be reproduced
+            "seed": seed if seed is not None else secrets.randbelow(2**31),
+            "max_new_tokens": max_new_tokens,
+        }
+        reply.status = Message.Status.STREAMING
+        reply.persona_version = version
+        reply.model_name = model_name
+        reply.generation = {**limits, **sampling, "context_len": context_len}
+        reply.save(update_fields=["status", "persona_version", "model_name", "generation", "updated_at"])
+    start = ReplyStart(
+        reply.pk, prompt.ids, sampling, prompt.stop + tuple(limits.get("stop", ()))
+    )
+    if resuming and reply.content:
+        # Go on after the saved text (the model wrote it after "Grok:" with a space): its
+        # tokens come out of this reply's budget, which build_prompt kept room for.
+        written = tokenizer.encode(" " + reply.content)
+        start.prompt_ids = prompt.ids + written
+        sampling["max_new_tokens"] = max(1, max_new_tokens - len(written))
+        start.saved_text, start.saved_tokens = reply.content, reply.completion_tokens
+    return start
+
+
+def do_save_updates(updates: list[Update], progress: dict[int, Progress]) -> Saved:
+    """Save where each reply stands, charge the finished ones, and return the events that tell
+    their pages. One transaction: it raises, and the caller offers the same updates again, if
+    the database is away."""
+    saved = Saved()
+    ended: list[Message] = []
+    with transaction.atomic():
+        for update in updates:
+            reply_id = int(update.request_id)
+            known = progress.get(reply_id) or Progress()
+            # The prompt ends with "Grok:", so the model opens with a space: not part of the
+            # reply. A continuation's text goes on from the saved text as it comes.
+            # PostgreSQL text cannot hold NUL, which byte-fallback pieces can spell.
+            text = update.text.replace("\x00", "\ufffd")
+            content = known.saved_text + text if known.saved_text else text.lstrip()
+            offset = known.shown if known.shown is not None else len(known.saved_text)
+            fields = {
+                "updated_at": timezone.now(),  # update() skips auto_now
+                "content": content,
+                "prompt_tokens": update.prompt_tokens,
+                "completion_tokens": known.saved_tokens + update.completion_tokens,
+            }
+            if not known.saved_text:  # a continuation keeps the time its first worker took
+                fields["time_to_first_token"] = update.time_to_first_token
+            if update.finish_reason is not None:
+                fields |= {
+                    "status": _status(update),
+                    "finish_reason": "error" if update.error else update.finish_reason,
+                    "error": update.error,
+                    "duration": update.duration,
+                }
+                saved.finished.append(reply_id)
+            Message.objects.filter(pk=reply_id).update(**fields)
+            if len(content) > offset:
+                saved.events.append((group_name(reply_id), delta_event(reply_id, offset, content[offset:])))
+            saved.shown[reply_id] = len(content)
+        for reply_id in saved.finished:
+            reply = Message.objects.filter(pk=reply_id).first()
+            if reply is not None:  # None: its conversation was deleted meanwhile
+                # In this transaction: no quota check sees the reply neither running nor charged.
+                plans.do_record_usage(reply)
+                ended.append(reply)
+    for reply in ended:
+        saved.events += failure_events(reply) if reply.error else [(group_name(reply.pk), done_event(reply))]
+    return saved
+
+
+def _status(update: Update) -> str:
+    if update.error:
+        return Message.Status.FAILED
+    if update.finish_reason == "cancelled":
+        return Message.Status.STOPPED
+    return Message.Status.DONE
+
+
+def do_fail_reply(reply_id: int, error: str, code: str = "failed") -> Events:
+    """Mark a reply that could not be written as failed; the events that tell its pages."""
+    Message.objects.filter(pk=reply_id, status__in=Message.ACTIVE_STATUSES).update(
+        status=Message.Status.FAILED, finish_reason="error", error=error, updated_at=timezone.now()
+    )
+    reply = Message.objects.filter(pk=reply_id).first()
+    return failure_events(reply, code) if reply is not None else []
+
+
+def do_recover_replies(queue: jobs.JobQueue) -> Events:
+    """What the previous web process left active, for an embedded worker starting: queued
+    replies are queued again; one it was writing is failed with its text kept, as its job died
+    with that process and no attempt count would bound a reply that kills it each time. Returns
+    the events telling their pages."""
+    events: Events = []
+    for reply_id in jobs.queued_replies():
+        try:
+            queue.put(reply_id)
+        except jobs.QueueFull:
+            events += do_fail_reply(reply_id, "Too many replies were waiting when the server restarted.")
+    stale = Message.objects.filter(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+    for reply_id in stale.values_list("pk", flat=True):
+        events += do_fail_reply(reply_id, "The server restarted while writing this reply.")
+    return events

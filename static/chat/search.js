@@ -1,0 +1,78 @@
+/*
+ * Sidebar search: as the user types (debounced), asks the server for matching conversations
+ * and shows them, each with a snippet of the matching message, in place of the list. Esc in
+ * the box clears it. Results are written as text only.
+ */
+import { state } from "./state.js";
+import { urls } from "./http.js";
+import { conversationItem } from "./sidebar.js";
+
+const DEBOUNCE_MS = 250;
+
+const box = document.getElementById("conversation-search");
+const list = document.getElementById("conversation-list");
+const results = document.getElementById("search-results");
+const resultList = document.getElementById("search-list");
+const status = document.getElementById("search-status");
+
+let timer = null;
+let controller = null; // aborts the previous request when the query changes
+
+export function setUpSearch() {
+  box.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(runSearch, DEBOUNCE_MS);
+  });
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && box.value) {
+      event.preventDefault();
+      event.stopPropagation();
+      box.value = "";
+      runSearch();
+    }
+  });
+}
+
+function showResults(text) {
+  status.textContent = text;
+  list.hidden = true;
+  results.hidden = false;
+}
+
+async function runSearch() {
+  const query = box.value.trim();
+  if (controller) controller.abort();
+  if (!query) {
+    results.hidden = true;
+    list.hidden = false;
+    return;
+  }
+  controller = new AbortController();
+  try {
+    const response = await fetch(urls.search + "?q=" + encodeURIComponent(query), {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+      signal: controller.signal,
+    });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    const data = await response.json();
+    const found = (data && data.results) || [];
+    resultList.replaceChildren(...found.map(resultItem));
+    showResults(found.length ? found.length + (found.length === 1 ? " conversation" : " conversations") : "No conversations match.");
+  } catch (err) {
+    if (err && err.name === "AbortError") return;
+    showResults("Search failed.");
+  }
+}
+
+function resultItem(result) {
+  const item = conversationItem(result.id, result.title || "Untitled");
+  if (result.id === state.conversationId) item.classList.add("is-current");
+  if (result.snippet) {
+    const snippet = document.createElement("span");
+    snippet.className = "conversation-snippet";
+    snippet.textContent = result.snippet;
+    item.querySelector(".conversation-link").appendChild(snippet);
+  }
+  return item;
+}
