@@ -41,7 +41,7 @@ class Site:
         # This process talks to the same database and Redis as the stack, with its settings.
         os.environ.update(
             DJANGO_SETTINGS_MODULE="grokweb.settings.production",
-            DJANGO_SECRET_KEY=secrets.token_urlsafe(32),
+            GROKWEB_SECRET_KEY=secrets.token_urlsafe(32),
             DATABASE_URL=DATABASE_URL,
             REDIS_URL=self.redis.url,
         )

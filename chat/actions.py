@@ -32,7 +32,7 @@ def check_content(content: object) -> str:
     if not isinstance(content, str) or not content.strip():
         raise ChatError("bad_frame", "A message needs some text.")
     content = content.strip()
-    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    limit = settings.GROKWEB_MAX_MESSAGE_CHARS
     if len(content) > limit:
         raise ChatError("too_large", f"A message can be at most {limit} characters long.")
     return content

@@ -1,7 +1,7 @@
 """Subscriptions: from a billing provider's signed webhook (docs/billing.md), or granted by staff.
 
 No vendor's SDK: any provider, or a few lines of glue in front of one, posts the events of
-docs/billing.md signed with the shared secret `settings.BILLING_WEBHOOK_SECRET`.
+docs/billing.md signed with the shared secret `settings.GROKWEB_BILLING_WEBHOOK_SECRET`.
 """
 
 import datetime as dt
@@ -140,7 +140,7 @@ def do_receive_webhook(
     body: bytes, *, timestamp: str | None, sent_signature: str | None, now: float | None = None
 ) -> tuple[BillingEvent, bool]:
     """Verify, then apply, one webhook call; WebhookError when it is refused."""
-    secret = settings.BILLING_WEBHOOK_SECRET
+    secret = settings.GROKWEB_BILLING_WEBHOOK_SECRET
     if not secret:
         raise WebhookError(
             503, "The billing webhook is not configured (GROKWEB_BILLING_WEBHOOK_SECRET)."

@@ -64,7 +64,7 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
         "chat_config": {
             "conversationId": conversation.id if conversation is not None else None,
             "wsPath": "/ws/chat/",
-            "maxMessageChars": settings.CHAT_MAX_MESSAGE_CHARS,
+            "maxMessageChars": settings.GROKWEB_MAX_MESSAGE_CHARS,
             "persona": persona_slug,
             "activeMessageId": active.id if active is not None else None,
         },

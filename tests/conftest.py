@@ -164,7 +164,7 @@ def production_stack(committed_db, redis_db, tiny_checkpoint, tmp_path, settings
             tmp_path,
             tiny_checkpoint,
             DJANGO_SETTINGS_MODULE="grokweb.settings.production",
-            DJANGO_SECRET_KEY=settings.SECRET_KEY,  # sessions made here must verify there
+            GROKWEB_SECRET_KEY=settings.SECRET_KEY,  # sessions made here must verify there
             DATABASE_URL=f"postgres://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}",
             **{"REDIS_URL": stack.TEST_REDIS_URL, "GROK_TEMPERATURE": "0", **env},
         )

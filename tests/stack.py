@@ -50,7 +50,7 @@ class EmbeddedServer:
         self.env = {
             key: value
             for key, value in os.environ.items()
-            if key not in {"DATABASE_URL", "REDIS_URL", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS"}
+            if key not in {"DATABASE_URL", "REDIS_URL", "GROKWEB_DEBUG", "GROKWEB_ALLOWED_HOSTS"}
         }
         self.env.update(
             DJANGO_SETTINGS_MODULE="grokweb.settings.base",

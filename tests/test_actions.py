@@ -103,7 +103,7 @@ def test_send_refuses_empty_content(ann, job_calls, content):
 
 
 def test_send_refuses_content_over_the_limit(ann, job_calls, settings):
-    settings.CHAT_MAX_MESSAGE_CHARS = 10
+    settings.GROKWEB_MAX_MESSAGE_CHARS = 10
     error = refused("too_large", send, ann, "x" * 11)
     assert "10 characters" in error.message
     send(ann, " " + "x" * 10 + " ")  # the limit applies to the stripped text

@@ -18,7 +18,7 @@ PERIOD_END = "2030-02-01T00:00:00+00:00"
 
 @pytest.fixture(autouse=True)
 def secret(settings):
-    settings.BILLING_WEBHOOK_SECRET = SECRET
+    settings.GROKWEB_BILLING_WEBHOOK_SECRET = SECRET
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ def test_an_unknown_plan_is_refused(ann, webhook):
 
 
 def test_without_a_secret_the_webhook_refuses_everything(ann, webhook, settings):
-    settings.BILLING_WEBHOOK_SECRET = ""
+    settings.GROKWEB_BILLING_WEBHOOK_SECRET = ""
     assert webhook(created(), secret="").status_code == 503
     assert not Subscription.objects.exists()
 

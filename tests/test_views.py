@@ -59,7 +59,7 @@ def test_new_chat_page(ann_client, settings, tmp_path):
     assert context["chat_config"] == {
         "conversationId": None,
         "wsPath": "/ws/chat/",
-        "maxMessageChars": settings.CHAT_MAX_MESSAGE_CHARS,
+        "maxMessageChars": settings.GROKWEB_MAX_MESSAGE_CHARS,
         "persona": "regular",
         "activeMessageId": None,
     }

@@ -1,21 +1,20 @@
 """Production: PostgreSQL, Redis, workers apart from Daphne. Refuses to start half-configured."""
 
-import os
-
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
+from .env import env_bool, env_str
 
-for required in ("DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL"):
-    if not os.environ.get(required):
+for required in ("GROKWEB_SECRET_KEY", "DATABASE_URL", "REDIS_URL"):
+    if not env_str(required):
         raise ImproperlyConfigured(f"{required} must be set in production")
 
 DEBUG = False
 GROK_EMBEDDED_WORKER = False  # workers run as `python manage.py run_inference_worker`
-SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)  # noqa: F405
+SESSION_COOKIE_SECURE = env_bool("GROKWEB_SECURE_COOKIES", True)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "grokweb.staticfiles.StaticFilesStorage"},
 }
