@@ -8,7 +8,7 @@ Redis, PostgreSQL; bench/harness.py), and we compare
 - time to first token at the client (send -> first delta) with the worker's own (taking the
   job -> first text, saved on the reply), p50 over the N replies.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/e2e_bench.py [--clients 1 10 50] [--new-tokens 64]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.e2e_bench [--clients 1 10 50] [--new-tokens 64]
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the repository root
-from bench.harness import Site, many_replies, percentile  # noqa: E402
+from bench.harness import Site, many_replies, percentile
 
 
 def measure(site: Site, clients: int) -> dict:

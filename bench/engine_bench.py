@@ -4,7 +4,7 @@
    with the weight bandwidth the decode rate implies;
 2. continuous batching against serving the same requests one after another.
 
-    .venv/bin/python bench/engine_bench.py [--checkpoint DIR]
+    .venv/bin/python -m bench.engine_bench [--checkpoint DIR]
 
 Without --checkpoint it builds the tiny checkpoint into a temporary folder first. Results and the
 full-model arithmetic are in docs/BENCHMARKS.md.
@@ -19,14 +19,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+from inference.bench import bench
+from inference.engine import Engine, Request, SamplingParams
+from inference.quantize import QUANT_MODES
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-
-import torch  # noqa: E402
-
-from inference.bench import bench  # noqa: E402
-from inference.engine import Engine, Request, SamplingParams  # noqa: E402
-from inference.quantize import QUANT_MODES  # noqa: E402
 
 BATCHES = [1, 4, 8, 16, 32]
 

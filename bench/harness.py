@@ -50,6 +50,7 @@ class Site:
         django.setup()
         from django.core.management import call_command
 
+        from chat.jobs import STREAM
         from inference.tiny import make_tiny
 
         call_command("migrate", verbosity=0)
@@ -58,7 +59,7 @@ class Site:
         self.stack = Stack(tmp, tmp / "tiny", **self.env)
         client = redis.Redis.from_url(self.redis.url)
         # Ready once the worker has made the consumer group (its first look at the queue).
-        self.stack.wait_ready(lambda: bool(client.exists("grokweb:jobs")))
+        self.stack.wait_ready(lambda: bool(client.exists(STREAM)))
         client.close()
         return self
 

@@ -1,22 +1,21 @@
-"""The int8 projection's two ways on this CPU, side by side in one run: PyTorch's weight-only int8
-kernel (`Int8Linear.kernel_matmul`) against casting the weight to the activation dtype
-(`Int8Linear.cast_matmul`), at one Grok-1 projection's shape, per activation dtype, scale groups
+"""The int8 projection's ways on this CPU (quantize.CPU_PATHS), side by side in one run: casting the
+weight to the activation dtype (`cast`), PyTorch's weight-only int8 kernel (`int8pack`), the
+weight cast a block at a time for PyTorch's matmul (`blocked`) and our VNNI kernel (`vnni`,
+bfloat16 only), at one Grok-1 projection's shape, per activation dtype, scale groups
 and rows (tokens in the call). What `Int8Linear` picks on CPU follows from these figures.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/int8_matmul.py [--features 6144] [--repeats 10]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.int8_matmul [--features 6144] [--repeats 10]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the repository root
-from inference.quantize import Int8Linear, build_linear  # noqa: E402
+from inference import cpu_kernels
+from inference.quantize import CPU_PATHS, Int8Linear, build_linear
 
 
 def seconds(fn, repeats: int) -> float:
@@ -31,6 +30,14 @@ def seconds(fn, repeats: int) -> float:
     return best
 
 
+def cell(module: Int8Linear, path: str, x: torch.Tensor, repeats: int) -> str:
+    """The time of one way, or "-" where it cannot run (vnni: bfloat16 on an AVX-512 VNNI CPU)."""
+    if path == "vnni" and not (x.dtype == torch.bfloat16 and cpu_kernels.available()):
+        return "-"
+    matmul = getattr(module, f"{path}_matmul")
+    return f"{seconds(lambda: matmul(x), repeats) * 1e3:.2f} ms"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=int, default=6144, help="in and out features (Grok-1: 6144)")
@@ -40,18 +47,16 @@ def main() -> None:
     n = args.features
     weight = torch.randint(-127, 128, (n, n), dtype=torch.int8)
     print(f"[{n} x {n}] int8 projection, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
-    print("| activations | scale groups | rows | cast weight | int8 kernel | kernel speed-up | Int8Linear uses |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("| activations | scale groups | rows | " + " | ".join(CPU_PATHS) + " | Int8Linear uses |")
+    print("|---|---:|---:|" + "---:|" * len(CPU_PATHS) + "---|")
     for dtype in (torch.float32, torch.bfloat16):
         for groups in (1, 8):
             module: Int8Linear = build_linear(weight, torch.rand(groups, n).to(torch.bfloat16), "int8", dtype, "cpu")
-            for rows in (1, 2, 8, 32):
+            for rows in (1, 2, 8, 32, 128):
                 x = torch.randn(rows, n, dtype=dtype)
-                cast = seconds(lambda: module.cast_matmul(x), args.repeats)
-                kernel = seconds(lambda: module.kernel_matmul(x), args.repeats)
-                uses = "kernel" if module._cpu_kernel_fits(x, rows) else "cast"
-                print(f"| {str(dtype).removeprefix('torch.')} | {groups} | {rows} | {cast * 1e3:.2f} ms | "
-                      f"{kernel * 1e3:.2f} ms | {cast / kernel:.2f}x | {uses} |", flush=True)
+                times = [cell(module, path, x, args.repeats) for path in CPU_PATHS]
+                print(f"| {str(dtype).removeprefix('torch.')} | {groups} | {rows} | {' | '.join(times)} | "
+                      f"{module.cpu_path(x)} |", flush=True)
 
 
 if __name__ == "__main__":

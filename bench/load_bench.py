@@ -4,7 +4,7 @@ time to first token and the gap between text frames at the clients, errors (the 
 the places in line the pages were told, and the peak RSS of each process. Bounded: every reply
 must be done within --timeout seconds of being sent, and the run stops by itself.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/load_bench.py [--clients 200] [--new-tokens 16] [--workers 1]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.load_bench [--clients 200] [--new-tokens 16] [--workers 1]
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the repository root
-from bench.harness import Site, many_replies, percentile  # noqa: E402
+from bench.harness import Site, many_replies, percentile
 
 
 def main() -> None:

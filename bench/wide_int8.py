@@ -1,30 +1,27 @@
-"""int8 decode on CPU at Grok-1's width, side by side in one run: PyTorch's int8 kernel against
-casting the weight (`Int8Linear`, inference/quantize.py), in float32 and in bfloat16.
+"""int8 decode on CPU at Grok-1's width, side by side in one run: the kernels Int8Linear picks
+(inference/quantize.py) against casting the weight, in float32 and in bfloat16.
 
 The tiny demo model is far too small for this (its projections fit the caches), so this builds a
 seeded random checkpoint with Grok-1's layer shapes (emb 6144, 48 query and 8 key/value heads
 of 128) but one layer and two experts of 8192 (~0.4 G parameters, ~0.4 GB int8) into a temporary
 folder, and measures decode tokens/s with `measure` (inference/bench.py).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/wide_int8.py [--batch 1 8]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.wide_int8 [--batch 1 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: the repository root
-from inference import quantize  # noqa: E402
-from inference.bench import measure, weight_bytes_per_step  # noqa: E402
-from inference.engine import Engine  # noqa: E402
-from inference.model import GrokConfig  # noqa: E402
-from inference.tiny import make_random  # noqa: E402
+from inference import quantize
+from inference.bench import measure, weight_bytes_per_step
+from inference.engine import Engine
+from inference.model import GrokConfig
+from inference.tiny import make_random
 
 
 def wide_config() -> GrokConfig:
@@ -41,7 +38,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=16)
     args = parser.parse_args()
-    kernel_threshold = quantize.INT8_KERNEL_MIN_BLOCK
     with tempfile.TemporaryDirectory(prefix="grokweb-wide-") as folder:
         make_random(folder, wide_config(), seed=0, model_name="grok-1-wide-random")
         print(f"1 layer at Grok-1's width, 2 experts of 8192; {torch.get_num_threads()} thread(s)")
@@ -51,14 +47,15 @@ def main() -> None:
             engine = Engine(folder, quant="int8", device="cpu", dtype=dtype, max_batch=max(args.batch), context_len=64)
             for batch in args.batch:
                 rates = {}
-                for way, threshold in (("cast", math.inf), ("kernel", kernel_threshold)):
-                    quantize.INT8_KERNEL_MIN_BLOCK = threshold
+                for way, path in (("cast", "cast"), ("kernel", None)):
+                    for module in engine.model.modules():
+                        if isinstance(module, quantize.Int8Linear):
+                            module.path = path
                     measure(engine, 1, 4, 2)  # warm-up
                     rates[way] = max(measure(engine, batch, 16, args.new_tokens)[1] for _ in range(2))
                 gbs = rates["kernel"] / batch * weight_bytes_per_step(engine.model, batch) / 1e9
                 print(f"| {str(dtype).removeprefix('torch.')} | {batch} | {rates['cast']:.1f} | {rates['kernel']:.1f} | "
                       f"{rates['kernel'] / rates['cast']:.2f}x | {gbs:.2f} |", flush=True)
-        quantize.INT8_KERNEL_MIN_BLOCK = kernel_threshold
 
 
 if __name__ == "__main__":

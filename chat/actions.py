@@ -8,20 +8,16 @@ Errors live in `chat.errors`, so the modules these rules use (`plans`, `jobs`) n
 one back.
 """
 
-import re
-
 from django.conf import settings
 from django.db import transaction
-from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
 from chat import jobs, plans
 from chat.errors import ChatError
+from chat.inputs import check_text
 from chat.models import Conversation, Message, Persona, User
 
 TITLE_CHARS = 60
-SNIPPET_CHARS = 80
-SEARCH_LIMIT = 20
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -122,6 +118,7 @@ def do_queue_reply(
         role=Message.Role.ASSISTANT,
         status=Message.Status.QUEUED,
         generation=limits.generation | (generation or {}),
+        reserved_tokens=limits.reserved_tokens,
     )
     conversation.save(update_fields=["updated_at"])  # moves it to the top of the sidebar
     transaction.on_commit(lambda: jobs.enqueue(reply.id))
@@ -201,7 +198,7 @@ def do_edit_last(user: User, message_id: int, content: str) -> tuple[Message, Me
 
 def do_rename_conversation(user: User, conversation_id: int, title: str) -> Conversation:
     conversation = get_conversation(user, conversation_id)
-    title = " ".join(title.split()) if isinstance(title, str) else ""
+    title = check_text(" ".join(title.split()), "title") if isinstance(title, str) else ""
     max_length = Conversation._meta.get_field("title").max_length
     if not title or len(title) > max_length:
         raise ChatError("bad_frame", f"A title needs 1 to {max_length} characters.")
@@ -218,42 +215,3 @@ def do_delete_conversation(user: User, conversation_id: int) -> None:
     conversation.delete()
     if reply is not None:
         transaction.on_commit(lambda: jobs.cancel(reply.id))
-
-
-# --- search ---------------------------------------------------------------------------------
-
-
-def search_conversations(user: User, query: str) -> list[dict]:
-    """The user's conversations whose title or any message contains `query`, newest first, each
-    with a snippet of the first matching message ("" when only the title matched)."""
-    query = query.strip()
-    if not query:
-        return []
-    first_match = Message.objects.filter(
-        conversation=OuterRef("pk"), content__icontains=query
-    ).order_by("id")
-    conversations = (
-        Conversation.objects.filter(owner=user)
-        .annotate(match=Subquery(first_match.values("content")[:1]))
-        .filter(Q(title__icontains=query) | Q(match__isnull=False))[:SEARCH_LIMIT]
-    )
-    return [
-        {
-            "id": conversation.id,
-            "title": conversation.title,
-            "snippet": snippet(conversation.match or "", query),
-            "updated_at": conversation.updated_at.isoformat(),
-        }
-        for conversation in conversations
-    ]
-
-
-def snippet(text: str, query: str) -> str:
-    """About SNIPPET_CHARS of `text` on one line, around the first occurrence of `query`."""
-    found = re.search(re.escape(query), text, re.IGNORECASE)
-    if found is None:
-        return ""
-    start = max(0, found.start() - (SNIPPET_CHARS - len(query)) // 2)
-    end = start + SNIPPET_CHARS
-    cut = " ".join(text[start:end].split())
-    return ("…" if start > 0 else "") + cut + ("…" if end < len(text) else "")

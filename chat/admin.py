@@ -16,7 +16,7 @@ from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from chat import plans, review
+from chat import plans, review, search
 from chat.models import (
     ApiKey,
     BillingEvent,
@@ -31,6 +31,15 @@ from chat.models import (
     UsageEntry,
     User,
 )
+
+
+def record_listed(request: HttpRequest, response, conversation_id: str) -> None:
+    """Record the conversations of the rows a changelist page shows as seen by the staff member
+    (`conversation_id`: the rows' attribute holding the id)."""
+    changelist = getattr(response, "context_data", {}).get("cl")
+    if changelist is not None:
+        rows = changelist.result_list
+        review.do_record_views(request.user, [getattr(row, conversation_id) for row in rows])
 
 
 class SuperuserDeletes:
@@ -269,6 +278,19 @@ class ConversationAdmin(admin.ModelAdmin):
     ]
     list_select_related = ["owner", "persona"]
     search_fields = ["title", "owner__username", "messages__content"]
+
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        # On PostgreSQL messages are searched in full text (get_search_results), not icontains.
+        if search.full_text():
+            return [field for field in self.search_fields if field != "messages__content"]
+        return self.search_fields
+
+    def get_search_results(self, request: HttpRequest, queryset, search_term: str):
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if search.full_text() and search_term.strip():
+            matching = search.messages_matching(Message.objects.all(), search_term)
+            found = found | queryset.filter(pk__in=matching.values("conversation_id"))
+        return found, duplicates
     readonly_fields = [
         "title", "owner", "persona", "source", "created_at", "updated_at", "reviewed_at",
         "reviewed_by",
@@ -364,7 +386,14 @@ class ConversationAdmin(admin.ModelAdmin):
             ).select_related("viewer")[:20]
         response = super().change_view(request, object_id, form_url, context)
         if request.method == "GET" and response.status_code == 200:
-            ConversationView.objects.create(conversation_id=object_id, viewer=request.user)
+            review.do_record_views(request.user, [conversation_id])
+        return response
+
+    def changelist_view(self, request, extra_context=None):
+        # The list shows titles; searched, it tells which conversations hold the words.
+        response = super().changelist_view(request, extra_context)
+        if request.GET.get("q"):
+            record_listed(request, response, "id")
         return response
 
     # -- bulk actions ----------------------------------------------------------------------
@@ -386,6 +415,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export selected conversations as JSONL", permissions=["export"])
     def export_jsonl(self, request, queryset) -> StreamingHttpResponse:
+        review.do_record_views(request.user, queryset.values_list("id", flat=True))
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response = StreamingHttpResponse(
             review.export_lines(queryset), content_type="application/x-ndjson"
@@ -402,11 +432,31 @@ class MessageAdmin(ReadOnly, admin.ModelAdmin):
     list_filter = ["role", "status", "model_name"]
     search_fields = ["content"]
     raw_id_fields = ["conversation", "persona_version"]
+
+    def get_search_results(self, request: HttpRequest, queryset, search_term: str):
+        # Full text on PostgreSQL (chat/search.py): icontains scans every message.
+        if not search.full_text() or not search_term.strip():
+            return super().get_search_results(request, queryset, search_term)
+        return search.messages_matching(queryset, search_term), False
     list_select_related = ["conversation"]
 
     @admin.display(description="content")
     def short_content(self, message: Message) -> str:
         return message.content[:80]
+
+    # Both pages show what was said: each records a view of the conversations it shows.
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        record_listed(request, response, "conversation_id")
+        return response
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        if request.method == "GET" and response.status_code == 200:
+            message = response.context_data["original"]
+            review.do_record_views(request.user, [message.conversation_id])
+        return response
 
 
 @admin.register(Feedback)

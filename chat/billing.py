@@ -7,21 +7,29 @@ docs/billing.md signed with the shared secret `settings.GROKWEB_BILLING_WEBHOOK_
 import datetime as dt
 import hashlib
 import hmac
-import json
 import time
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from chat.errors import ChatError
+from chat.inputs import parse_json
 from chat.models import BillingEvent, Plan, Subscription, User
 
 SIGNATURE_TOLERANCE = 300  # seconds either way: an older (replayed) or far-future event is refused
+MAX_EVENT_BYTES = 256 * 1024  # an event is a few hundred bytes; its provider's metadata may add some
 EVENT_STATUS = {
     "subscription.created": Subscription.Status.ACTIVE,
     "subscription.renewed": Subscription.Status.ACTIVE,
     "subscription.past_due": Subscription.Status.PAST_DUE,
-    "subscription.canceled": Subscription.Status.CANCELED,
+    "subscription.cancelled": Subscription.Status.CANCELLED,
+}
+
+# The stored fields' sizes: a longer id is refused, not cut, since a cut one could collide.
+LENGTHS = {
+    "id": BillingEvent._meta.get_field("event_id").max_length,
+    "subscription_id": Subscription._meta.get_field("external_id").max_length,
 }
 
 
@@ -62,20 +70,27 @@ def parse_event(body: bytes) -> dict:
     """The event's fields, checked: {id, type, created (aware datetime), username, plan,
     current_period_end, subscription_id, payload (the whole event)}."""
     try:
-        event = json.loads(body)
+        event = parse_json(body, max_bytes=MAX_EVENT_BYTES)
+    except ChatError as error:
+        raise WebhookError(400, f"Malformed event: {error.message}") from None
+    try:
         data = event["data"]
         fields = {
             "id": str(event["id"]),
-            "type": event["type"],
+            "type": str(event["type"]),
             "created": dt.datetime.fromtimestamp(int(event["created"]), dt.timezone.utc),
             "username": str(data["username"]),
-            "plan": data.get("plan"),
+            "plan": str(data["plan"]) if data.get("plan") else None,
             "current_period_end": _datetime(data.get("current_period_end")),
             "subscription_id": str(data.get("subscription_id") or ""),
             "payload": event,
         }
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, OSError) as exc:
         raise WebhookError(400, f"Malformed event: {exc!r}.") from None
+    for name in ("id", "subscription_id"):
+        max_length = LENGTHS[name]
+        if len(fields[name]) > max_length:
+            raise WebhookError(400, f"The event's {name} is longer than {max_length} characters.")
     if fields["type"] not in EVENT_STATUS:
         raise WebhookError(400, f"Unknown event type {fields['type']!r}.")
     if fields["type"] in ("subscription.created", "subscription.renewed") and not fields["plan"]:
@@ -98,7 +113,7 @@ def do_apply_event(body: bytes) -> tuple[BillingEvent, bool]:
 
     An event id seen before is not applied again (the provider retries until it hears 2xx). An
     event older than the last one applied to that subscription is recorded as `stale` and
-    changes nothing, so a late "renewed" cannot undo a "canceled" sent after it.
+    changes nothing, so a late "renewed" cannot undo a "cancelled" sent after it.
     """
     fields = parse_event(body)
     try:
@@ -117,7 +132,7 @@ def do_apply_event(body: bytes) -> tuple[BillingEvent, bool]:
     ):
         record.outcome = "stale"
     elif subscription is None and not fields["plan"]:
-        record.outcome = "ignored"  # past_due / canceled for a subscription never created here
+        record.outcome = "ignored"  # past_due / cancelled for a subscription never created here
     else:
         subscription = subscription or Subscription(user=user)
         if fields["plan"]:

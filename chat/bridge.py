@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from django.db import close_old_connections
 
-from chat import jobs, replies
+from chat import jobs, metrics, replies
 from chat.errors import ChatError
 from chat.events import Events, group_name, queued_event
 from chat.publisher import Publish
@@ -34,6 +34,7 @@ class Bridge:
         self.publish = publish
         self.jobs: dict[str, jobs.Job] = {}  # request id -> its job, until acknowledged
         self.progress: dict[int, replies.Progress] = {}  # reply id -> what is saved and shown
+        self.worker = getattr(queue, "consumer", "embedded")  # the metrics' and the logs' name for it
 
     # -- source ---------------------------------------------------------------------------------
 
@@ -52,7 +53,7 @@ class Bridge:
                 self._send(replies.do_fail_reply(job.message_id, exc.message, exc.code))
                 request = None
             except Exception:
-                log.exception("preparing reply %s failed", job.message_id)
+                log.exception("preparing reply %s failed", job.message_id, extra={"reply_id": job.message_id})
                 self._send(replies.do_fail_reply(job.message_id, "The reply could not start."))
                 request = None
             if request is None:  # failed, or stopped or deleted before any worker took it
@@ -60,6 +61,8 @@ class Bridge:
                 continue
             self.jobs[request.id] = job
             requests.append(request)
+            log.info("reply %s started: %d prompt tokens (attempt %d)", request.id, len(request.prompt_ids),
+                     job.attempt, extra={"reply_id": job.message_id})
         return requests
 
     def _start(self, job: jobs.Job) -> Request | None:
@@ -73,7 +76,10 @@ class Bridge:
             return None
         if start.saved_text:
             self.progress[start.reply_id] = replies.Progress(start.saved_text, start.saved_tokens)
-        return Request(str(start.reply_id), start.prompt_ids, SamplingParams(**start.sampling, stop=start.stop))
+        return Request(
+            str(start.reply_id), start.prompt_ids, SamplingParams(**start.sampling, stop=start.stop),
+            cache_salt=start.cache_salt, public_prefix=start.public_prefix,
+        )
 
     def cancelled(self, request_ids: Collection[str]) -> set[str]:
         return {str(i) for i in self.queue.cancelled([int(i) for i in request_ids])}
@@ -87,6 +93,14 @@ class Bridge:
     def deliver(self, updates: list[Update]) -> None:
         close_old_connections()
         saved = replies.do_save_updates(updates, self.progress)  # raises: offered again whole
+        metrics.observe_finished(updates, self.engine.model_name, self.worker)
+        for update in updates:
+            if update.finish_reason is not None:
+                log.info(
+                    "reply %s ended (%s%s): %d prompt + %d new tokens in %.2f s", update.request_id,
+                    update.finish_reason, f": {update.error}" if update.error else "", update.prompt_tokens,
+                    update.completion_tokens, update.duration or 0.0, extra={"reply_id": int(update.request_id)},
+                )
         for reply_id, shown in saved.shown.items():
             self.progress.setdefault(reply_id, replies.Progress()).shown = shown
         self._send(saved.events)
@@ -103,7 +117,7 @@ class Bridge:
         try:
             self.queue.ack(job)
         except Exception:  # the reply is saved; an unacknowledged job only stays pending
-            log.exception("acknowledging the job of reply %s failed", job.message_id)
+            log.exception("acknowledging the job of reply %s failed", job.message_id, extra={"reply_id": job.message_id})
 
     def _send(self, events: Events) -> None:
         try:

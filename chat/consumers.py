@@ -18,9 +18,10 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import actions, serving
+from chat import actions, metrics, serving, sessions
 from chat.errors import ChatError
 from chat.events import Follower, done_event, group_name
+from chat.inputs import parse_json
 from chat.models import Message
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ MAX_FOLLOWED = 16  # replies one socket may follow at once; a page follows one o
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_UNAVAILABLE = 4503  # the channel layer (Redis) failed: the page reconnects and resumes
 UNAVAILABLE = "The server lost touch with Redis."
+JOIN_TIMEOUT = 5.0  # seconds; see `connect`
 
 
 def _field(frame: dict, name: str, *types: type, optional: bool = False):
@@ -71,13 +73,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.following: dict[int, Follower] = {}  # reply id -> what of it the page has
         # Accepted first so that the close code reaches the page: a refused handshake has none.
         await self.accept()
+        metrics.OPEN_WEBSOCKETS.inc()
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        # Told when a session of this user may have ended (chat.sessions); left on disconnect.
+        self.groups = [sessions.user_group(self.user.pk)]
+        try:
+            # Bounded: just after Redis restarts, the first call on a pooled connection can hang
+            # for the socket timeout (30 s), and a socket stuck here reads no frame. Timing out
+            # is taken as Redis being away (`__call__`): the page reconnects and resumes.
+            await asyncio.wait_for(
+                self.channel_layer.group_add(self.groups[0], self.channel_name), JOIN_TIMEOUT
+            )
+        except TimeoutError:
+            raise redis.TimeoutError("joining the user's group timed out") from None
         if settings.GROK_EMBEDDED_WORKER:
             serving.start_embedded_worker(asyncio.get_running_loop())
 
     async def disconnect(self, code: int) -> None:
+        metrics.OPEN_WEBSOCKETS.dec()
         try:
             for message_id in list(getattr(self, "following", ())):
                 await self.channel_layer.group_discard(group_name(message_id), self.channel_name)
@@ -87,6 +102,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.user or not self.user.is_authenticated:
             return  # closing: frames that raced the close are ignored
+        if not await self.session_holds():
+            return await self.end_session()
         # Size before anything else: a huge frame is not even parsed. A str has at most 4 bytes a
         # character, so short frames skip the encoding.
         size = len(bytes_data) if bytes_data is not None else len(text_data)
@@ -97,9 +114,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if bytes_data is not None:
             return await self.send_error("bad_frame", "Frames are JSON text, not binary.")
         try:
-            frame = json.loads(text_data)
-        except ValueError:
-            return await self.send_error("bad_json", "The frame is not valid JSON.")
+            frame = parse_json(text_data, max_bytes=MAX_FRAME_BYTES)
+        except ChatError as exc:
+            return await self.send_error(exc.code, exc.message, **exc.extra)
         if not isinstance(frame, dict):
             return await self.send_error("bad_frame", "A frame is a JSON object.")
         client_id = frame.get("client_id")
@@ -122,6 +139,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             log.exception("handling a %s frame failed", kind)
             await self.send_error("unavailable", "Something went wrong; try again.", client_id=client_id)
+
+    # -- the session ----------------------------------------------------------------------------
+
+    async def session_holds(self) -> bool:
+        """Whether the socket's session still logs its user in (logged out, new password and
+        inactive users do not)."""
+        user = await database_sync_to_async(sessions.session_user)(self.scope["session"].session_key)
+        return user is not None and user.pk == self.user.pk
+
+    async def end_session(self) -> None:
+        """The session ended: relay nothing more and close, as a socket without one is."""
+        self.user = None
+        for message_id in list(self.following):
+            await self.unfollow(message_id)
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def session_check(self, event: dict) -> None:
+        if self.user is None:
+            return
+        if event["ended"] == self.scope["session"].session_key or not await self.session_holds():
+            await self.end_session()
 
     async def send_json(self, frame: dict) -> None:
         await self.send(text_data=json.dumps(frame))

@@ -82,6 +82,10 @@ def api_error(error: ChatError, *, param: str | None = None) -> ApiError:
         return bad_request(error.message, "messages", code="context_length_exceeded")
     if error.code in {"bad_frame", "bad_json", "too_large"}:
         return bad_request(error.message, param)
+    if error.code == "bad_text":
+        return bad_request(error.message, error.extra["field"])
     if error.code == "not_found":
         return ApiError(404, error.message, code="not_found", param=param)
+    if error.code == "key_revoked":
+        return ApiError(401, error.message, code="invalid_api_key")
     return ApiError(500, error.message, type="server_error", code=error.code)

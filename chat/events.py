@@ -50,15 +50,16 @@ def done_event(reply: Message) -> dict:
             "completion_tokens": reply.completion_tokens,
         },
         "error": reply.error,
+        "error_code": reply.error_code,
         "time_to_first_token": reply.time_to_first_token,
         "duration": reply.duration,
     }
 
 
-def failure_events(reply: Message, code: str = "failed") -> Events:
+def failure_events(reply: Message) -> Events:
     """What a failed reply's followers are told: why, then the reply as saved."""
     group = group_name(reply.pk)
-    return [(group, error_event(reply.pk, code, reply.error)), (group, done_event(reply))]
+    return [(group, error_event(reply.pk, reply.error_code, reply.error)), (group, done_event(reply))]
 
 
 class Follower:

@@ -46,6 +46,7 @@ GROUP = "workers"
 CANCEL_PREFIX = "grokweb:cancel:"
 WAITING = "grokweb:waiting"  # worker -> "<replies waiting in it for a free slot> <unix time>"
 WAITING_TTL = 5.0  # seconds; workers refresh theirs twice a second while busy
+WORKERS = "grokweb:workers"  # worker -> unix time of its last heartbeat, busy or idle (/readyz)
 CANCEL_TTL = 3600  # seconds; far longer than any reply, short enough not to pile up keys
 
 
@@ -187,7 +188,7 @@ class RedisQueue:
             # XAUTOCLAIM counted this delivery; XPENDING tells how many there were in all.
             pending = self.redis.xpending_range(STREAM, GROUP, min=entry_id, max=entry_id, count=1)
             attempt = pending[0]["times_delivered"] if pending else 1
-            log.warning("took over reply %s (attempt %d)", fields["message_id"], attempt)
+            log.warning("took over reply %s (attempt %d)", fields["message_id"], attempt, extra={"reply_id": int(fields["message_id"])})
             jobs.append(Job(int(fields["message_id"]), entry_id, attempt))
         return jobs
 
@@ -212,7 +213,9 @@ class RedisQueue:
         self._group_ready = True
 
     def heartbeat(self, jobs: Collection[Job]) -> None:
-        """Reset the idle time of these pending jobs, so that no worker claims them."""
+        """Record this worker as alive, and reset the idle time of these pending jobs, so that
+        no worker claims them."""
+        self.redis.hset(WORKERS, self.consumer, time.time())
         if jobs:
             # JUSTID: a touch, not a delivery; the count the retry limit reads stays as it is.
             self.redis.xclaim(STREAM, GROUP, self.consumer, 0, [j.token for j in jobs], justid=True)
@@ -273,6 +276,17 @@ def _queue_for(redis_url: str, max_length: int, claim_seconds: float) -> JobQueu
 def get_queue() -> JobQueue:
     """This process's queue, as the settings describe it."""
     return _queue_for(settings.REDIS_URL, settings.GROK_MAX_QUEUE, settings.GROK_JOB_CLAIM_SECONDS)
+
+
+def live_workers(client: redis.Redis, claim_seconds: float) -> list[str]:
+    """The workers whose last heartbeat is younger than the claim time (they beat three times
+    in it); older records, workers gone, are dropped."""
+    now = time.time()
+    records = client.hgetall(WORKERS)
+    gone = [worker for worker, at in records.items() if now - float(at) > claim_seconds]
+    if gone:
+        client.hdel(WORKERS, *gone)
+    return sorted(set(records) - set(gone))
 
 
 def queued_replies() -> list[int]:

@@ -8,6 +8,9 @@ from django.db import models, transaction
 class User(AbstractUser):
     """Our own user model from the start, so fields can be added without a painful swap later."""
 
+    # Added after the persona's prompt in every reply (chat/account.py); the plan bounds its length.
+    custom_instructions = models.TextField(blank=True)
+
 
 class Persona(models.Model):
     """A voice for the assistant. Its prompt lives in versions: an edit never rewrites history."""
@@ -124,8 +127,14 @@ class Message(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)
     finish_reason = models.CharField(max_length=16, blank=True)  # stop | length | cancelled | error
     error = models.TextField(blank=True)
+    # Why it failed, for programs: an error code of docs/protocol.md (`too_long`, `failed`, ...).
+    error_code = models.CharField(max_length=32, blank=True)
+    # The tokens today's quota holds for this reply while it runs (chat/plans.py): its ledger
+    # row takes their place when it ends.
+    reserved_tokens = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)  # of prompt_tokens, reused from the engine's prefix cache
     time_to_first_token = models.FloatField(null=True, blank=True)  # seconds
     duration = models.FloatField(null=True, blank=True)  # seconds
     persona_version = models.ForeignKey(
@@ -143,7 +152,8 @@ class Message(models.Model):
         ordering = ["conversation", "id"]
 
     def __str__(self) -> str:
-        return f"{self.role}: {self.content[:60]}"
+        # No text: admin pages show messages by this where they record no view (docs/review.md).
+        return f"{self.role} message {self.pk}"
 
     @property
     def is_active(self) -> bool:
@@ -169,6 +179,7 @@ class Plan(models.Model):
     max_new_tokens = models.PositiveIntegerField()  # per reply
     context_len = models.PositiveIntegerField()  # tokens of history + reply the model sees
     max_concurrent = models.PositiveSmallIntegerField(default=1)  # replies being written at once
+    instructions_chars = models.PositiveIntegerField(default=500)  # custom instructions; 0 = none
     personas = models.ManyToManyField(Persona, blank=True, related_name="plans")
 
     class Meta:
@@ -184,7 +195,7 @@ class Subscription(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active"
         PAST_DUE = "past_due"
-        CANCELED = "canceled"
+        CANCELLED = "cancelled"
 
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="subscription"
@@ -220,8 +231,9 @@ class UsageEntry(models.Model):
     """The ledger: one row per finished reply. Daily counters are sums over it, and it outlives
     the reply (deleting a conversation refunds nothing)."""
 
+    # SET_NULL: a deleted account leaves its rows, anonymised, for billing (chat/account.py).
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_entries"
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="usage_entries"
     )
     message = models.OneToOneField(
         Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage"
@@ -309,3 +321,24 @@ class ApiKey(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class SharedConversation(models.Model):
+    """A read-only snapshot of a conversation at an unguessable URL (chat/sharing.py). The
+    messages are copied, so the link shows what existed when it was shared; sharing again
+    refreshes the copy. Deleting the conversation deletes its links."""
+
+    token = models.CharField(max_length=64, unique=True)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="shares")
+    title = models.CharField(max_length=200)
+    display_name = models.CharField(max_length=80, blank=True)  # all a viewer sees of the owner
+    messages = models.JSONField(default=list)  # [{"role", "content"}], oldest first
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.token[:6]}…)"

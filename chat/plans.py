@@ -5,9 +5,12 @@ Free plan otherwise (no row needed), so a lapse changes limits but never touches
 
 Daily counters are not stored: they are counted from the usage ledger (`UsageEntry`, one row per
 finished reply, charged to the day the reply was asked for) plus the replies still queued or being
-written. "Messages" are the replies a user asks for (a send, an edit or a regenerate each cost
-one), counted from the ledger rather than from the user's messages so that deleting a
-conversation refunds nothing. A day runs from midnight to midnight in `settings.TIME_ZONE`.
+written. A reply holds, from the moment it is admitted, the most tokens it can be charged
+(`Message.reserved_tokens`: its context, prompt and reply together, or what is left of the day if
+that is less), and the worker keeps it within them; its ledger row takes their place when it
+ends, so running replies can never together overshoot the day's tokens. "Messages" are the
+replies a user asks for (a send, an edit or a regenerate each cost one), counted from the ledger
+rather than from the user's messages so that deleting a conversation refunds nothing. A day runs from midnight to midnight in `settings.TIME_ZONE`.
 
 `check_can_generate` must run inside the transaction that queues the reply: it locks the user's
 row, so two sockets sending at the same instant are counted one after the other.
@@ -35,6 +38,7 @@ class Limits:
     plan: Plan
     max_new_tokens: int
     context_len: int
+    reserved_tokens: int  # the most tokens the reply may be charged: today's quota holds them
 
     @property
     def generation(self) -> dict:
@@ -46,6 +50,12 @@ class Usage:
     messages: int  # replies asked for today: finished (ledger) and still running
     tokens: int  # prompt + completion of today's finished replies
     running: int  # replies queued or being written now, whatever day they were asked for
+    reserved: int = 0  # tokens held by today's running replies
+
+    @property
+    def tokens_held(self) -> int:
+        """The tokens no further reply can have today: charged or held by running replies."""
+        return self.tokens + self.reserved
 
 
 # --- days and plans -------------------------------------------------------------------------
@@ -156,11 +166,16 @@ def usage_today(user: User, now: dt.datetime | None = None) -> Usage:
         conversation__owner=user,
         role=Message.Role.ASSISTANT,
         status__in=Message.ACTIVE_STATUSES,
-    ).aggregate(all=Count("id"), today=Count("id", filter=Q(created_at__gte=start)))
+    ).aggregate(
+        all=Count("id"),
+        today=Count("id", filter=Q(created_at__gte=start)),
+        reserved=Coalesce(Sum("reserved_tokens", filter=Q(created_at__gte=start)), 0),
+    )
     return Usage(
         messages=ledger["messages"] + running["today"],
         tokens=ledger["tokens"],
         running=running["all"],
+        reserved=running["reserved"],
     )
 
 
@@ -196,7 +211,20 @@ def check_can_generate(user: User, persona: Persona, *, now: dt.datetime | None 
                 upgrade_offers(plan),
                 resets_at,
             )
-    return Limits(plan=plan, max_new_tokens=plan.max_new_tokens, context_len=plan.context_len)
+    tokens_left = plan.tokens_per_day - usage.tokens_held
+    if tokens_left <= 0:  # replies still running hold the rest: what they leave comes back
+        raise quota_error(
+            f"Your replies still being written hold the rest of today's {plan.tokens_per_day:,} "
+            "tokens: wait for them to finish.",
+            upgrade_offers(plan),
+            None,
+        )
+    return Limits(
+        plan=plan,
+        max_new_tokens=plan.max_new_tokens,
+        context_len=plan.context_len,
+        reserved_tokens=min(plan.context_len, tokens_left),
+    )
 
 
 # --- the ledger -----------------------------------------------------------------------------
@@ -242,7 +270,7 @@ def plan_status(user: User, now: dt.datetime | None = None) -> dict:
         "messages_per_day": plan.messages_per_day,
         "messages_left": max(0, plan.messages_per_day - usage.messages),
         "tokens_per_day": plan.tokens_per_day,
-        "tokens_left": max(0, plan.tokens_per_day - usage.tokens),
+        "tokens_left": max(0, plan.tokens_per_day - usage.tokens_held),
         "resets_at": resets_at.isoformat(),
         "time_zone": settings.TIME_ZONE,
         # e.g. "Premium" with "past_due": the page says why the user is back on Free.

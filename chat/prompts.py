@@ -19,11 +19,12 @@ token then carries its own leading space, as everywhere in the text it was train
 strips what whitespace is left at either end of the finished reply.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from chat.errors import ChatError
+from inference.tokenizer import common_prefix
 
 USER_NAME = "User"
 
@@ -53,6 +54,22 @@ def render(system_prompt: str, turns: Sequence[tuple[str, str]], assistant_name:
     return "\n\n".join(parts)
 
 
+def reply_budget(context_len: int, generation: dict, *, max_new_tokens: int) -> tuple[int, int]:
+    """(context_len, max_new_tokens) of one reply: the model's `context_len` within the plan's
+    (recorded in its `generation`); its new tokens within the plan's, the server's
+    (`max_new_tokens`) and half the context, so that a reply never starves the history of room."""
+    context_len = min(context_len, generation.get("context_len") or context_len)
+    new = min(generation.get("max_new_tokens") or max_new_tokens, max_new_tokens, context_len // 2)
+    return context_len, new
+
+
+def public_prefix(ids: list[int], persona_prompt: str, tokenizer: Tokenizer) -> int:
+    """How many leading `ids` spell the persona's system prompt, the same for all its users: what
+    the engine may share between users (inference/engine.py `Request.public_prefix`). Those equal
+    to the persona's own tokens: where a token merges across the seam, the few before it only."""
+    return common_prefix(tokenizer.encode(persona_prompt.strip()) if persona_prompt.strip() else [], ids)
+
+
 def build_prompt(
     system_prompt: str,
     turns: list[tuple[str, str]],
@@ -69,6 +86,14 @@ def build_prompt(
     When the whole history does not fit, the oldest exchanges (a user turn and the replies after
     it) are left out; the system prompt and the last user turn always stay. Raises
     `ChatError("too_long")` when even those two do not fit.
+
+    The engine reuses the keys and values of the longest prompt prefix it has seen (its prefix
+    cache), so a turn's prompt is the previous one, byte for byte, plus the reply and the new
+    message. Leaving turns out breaks that: the prompt then starts elsewhere and all of it but the
+    system prompt is prefilled again. So the prompt may start only at cuts that split the history,
+    from its oldest turn on, into blocks of at least half the room: the cuts depend only on the
+    turns before them and stay put as the chat grows, and once the start moves on to a cut the
+    prompt is stable again until the history has grown by another half of the room.
     """
     if not turns or turns[-1][0] != "user":
         raise ValueError("turns must end with the user turn to answer")
@@ -81,17 +106,41 @@ def build_prompt(
     if len(ids) <= budget:  # the usual case: the whole conversation fits
         return Prompt(ids=ids, stop=STOP, dropped_turns=0)
 
-    # A prompt may start only where an exchange starts. Leaving out more turns never makes the
-    # prompt longer, so a binary search finds the earliest start that fits in a few encodings.
-    starts = [i for i, (role, _) in enumerate(turns) if role == "user"]
-    low, high = 0, len(starts) - 1
-    ids = encode_from(starts[high])
-    if len(ids) > budget:
+    starts = [i for i, (role, _) in enumerate(turns) if role == "user"]  # where an exchange starts
+    block = max(1, (budget - len(tokenizer.encode(system_prompt))) // 2)
+    cuts, size = [0], 0
+    for i, (role, content) in enumerate(turns):
+        if role == "user" and size >= block:
+            cuts.append(i)
+            size = 0
+        size += len(tokenizer.encode(content))  # roughly: the labels are left out, the fit is checked exactly
+    # When a single block is too big for the room (huge messages), any exchange after the last cut will do.
+    found = _earliest_fitting(cuts, encode_from, budget) or _earliest_fitting(
+        [i for i in starts if i > cuts[-1]], encode_from, budget
+    )
+    if found is None:
+        needed = len(encode_from(starts[-1]))
         raise ChatError(
             "too_long",
-            f"The message is too long for the model: the prompt needs {len(ids)} tokens and the "
+            f"The message is too long for the model: the prompt needs {needed} tokens and the "
             f"model has room for {budget} ({context_len} minus {max_new_tokens} for the reply).",
         )
+    start, ids = found
+    return Prompt(ids=ids, stop=STOP, dropped_turns=start)
+
+
+def _earliest_fitting(
+    starts: list[int], encode_from: Callable[[int], list[int]], budget: int
+) -> tuple[int, list[int]] | None:
+    """The earliest of `starts` whose prompt fits in `budget` tokens, with that prompt; None if
+    the last does not fit. Leaving out more turns never makes the prompt longer, so a binary
+    search finds it in a few encodings."""
+    if not starts:
+        return None
+    ids = encode_from(starts[-1])
+    if len(ids) > budget:
+        return None
+    low, high = 0, len(starts) - 1
     while low < high:
         middle = (low + high) // 2
         candidate = encode_from(starts[middle])
@@ -99,4 +148,4 @@ def build_prompt(
             high, ids = middle, candidate
         else:
             low = middle + 1
-    return Prompt(ids=ids, stop=STOP, dropped_turns=starts[high])
+    return starts[high], ids

@@ -23,11 +23,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from chat import jobs, plans
+from chat import account, jobs, plans
 from chat.errors import ChatError
 from chat.events import Events, delta_event, done_event, failure_events, group_name
-from chat.models import Message
-from chat.prompts import Tokenizer, build_prompt
+from chat.models import Conversation, Message
+from chat.prompts import Tokenizer, build_prompt, public_prefix, reply_budget
 from inference.loop import Update
 
 
@@ -41,6 +41,10 @@ class ReplyStart:
     stop: tuple[str, ...]
     saved_text: str = ""  # a continuation: what a dead worker saved, which this one goes on from
     saved_tokens: int = 0
+    # For the engine's prefix cache: K/V of this user's earlier prompts is reused in full, other
+    # users' only for the persona's system prompt (its first `public_prefix` tokens).
+    cache_salt: str = ""
+    public_prefix: int = 0
 
 
 @dataclass
@@ -69,7 +73,7 @@ def do_start_reply(
     with transaction.atomic():
         reply = (
             Message.objects.select_for_update(of=("self",))
-            .select_related("conversation__persona")
+            .select_related("conversation__persona", "conversation__owner")
             .filter(pk=job.message_id, role=Message.Role.ASSISTANT)
             .first()
         )
@@ -91,25 +95,46 @@ def do_start_reply(
         ]
         # The plan's limits, recorded on the queued reply, within the server's and the model's.
         limits = reply.generation or {}
-        context_len = min(context_len, limits.get("context_len") or context_len)
-        max_new_tokens = min(
-            limits.get("max_new_tokens") or settings.GROK_MAX_NEW_TOKENS,
-            settings.GROK_MAX_NEW_TOKENS,
-            context_len // 2,  # so that a reply never starves the history of room
+        # Prompt and reply also within the tokens today's quota holds for the reply
+        # (chat/plans.py), so that it is never charged more. 0: queued before replies held any.
+        model_context = min(context_len, limits.get("context_len") or context_len)
+        held_bound = 0 < reply.reserved_tokens < model_context
+        context_len, max_new_tokens = reply_budget(
+            min(model_context, reply.reserved_tokens or model_context),
+            limits,
+            max_new_tokens=settings.GROK_MAX_NEW_TOKENS,
         )
         if not turns or turns[-1][0] != Message.Role.USER:
             raise ChatError("conflict", "There is no message to answer.")
         system_prompt = version.system_prompt if version else ""
+        # The user's custom instructions follow the persona's (web chats: an API request
+        # brings its own system text); recorded with the reply like the persona version.
+        instructions = (
+            account.instructions_for(reply.conversation.owner)
+            if reply.conversation.source == Conversation.Source.WEB
+            else ""
+        )
+        if instructions:
+            system_prompt = f"{system_prompt.strip()}\n\n{instructions}"
         if limits.get("system_suffix"):  # an API request's system text adds to the persona's
             system_prompt = f"{system_prompt.strip()}\n\n{limits['system_suffix']}"
-        prompt = build_prompt(
-            system_prompt,
-            turns,
-            tokenizer,
-            context_len=context_len,
-            max_new_tokens=max_new_tokens,
-            assistant_name=persona.name,
-        )
+        try:
+            prompt = build_prompt(
+                system_prompt,
+                turns,
+                tokenizer,
+                context_len=context_len,
+                max_new_tokens=max_new_tokens,
+                assistant_name=persona.name,
+            )
+        except ChatError as error:
+            if error.code == "too_long" and held_bound:  # the day's tokens, not the model, fall short
+                raise ChatError(
+                    "quota",
+                    f"Only {context_len:,} of today's tokens are left, too few for this message "
+                    f"and a reply. They reset at midnight ({settings.TIME_ZONE}).",
+                ) from None
+            raise
         # An API request may set temperature, top_p and seed (chat/api/requests.py); else the
         # server's.
         seed = limits.get("seed")
@@ -125,9 +150,13 @@ def do_start_reply(
         reply.persona_version = version
         reply.model_name = model_name
         reply.generation = {**limits, **sampling, "context_len": context_len}
+        if instructions:
+            reply.generation["custom_instructions"] = instructions
         reply.save(update_fields=["status", "persona_version", "model_name", "generation", "updated_at"])
     start = ReplyStart(
-        reply.pk, prompt.ids, sampling, prompt.stop + tuple(limits.get("stop", ()))
+        reply.pk, prompt.ids, sampling, prompt.stop + tuple(limits.get("stop", ())),
+        cache_salt=str(reply.conversation.owner_id),
+        public_prefix=public_prefix(prompt.ids, version.system_prompt if version else "", tokenizer),
     )
     if resuming and reply.content:
         # Go on after the saved text (the model wrote it after "Grok:" with a space): its
@@ -135,7 +164,10 @@ def do_start_reply(
         written = tokenizer.encode(" " + reply.content)
         start.prompt_ids = prompt.ids + written
         sampling["max_new_tokens"] = max(1, max_new_tokens - len(written))
-        start.saved_text, start.saved_tokens = reply.content, reply.completion_tokens
+        # The saved text's tokens are charged once, as completion: counted as this prompt holds
+        # them, and left out of its prompt count (do_save_updates), so a continued reply stays
+        # within the tokens it holds (chat/plans.py).
+        start.saved_text, start.saved_tokens = reply.content, len(written)
     return start
 
 
@@ -158,7 +190,8 @@ def do_save_updates(updates: list[Update], progress: dict[int, Progress]) -> Sav
             fields = {
                 "updated_at": timezone.now(),  # update() skips auto_now
                 "content": content,
-                "prompt_tokens": update.prompt_tokens,
+                "prompt_tokens": update.prompt_tokens - known.saved_tokens,
+                "cached_tokens": update.cached_tokens,
                 "completion_tokens": known.saved_tokens + update.completion_tokens,
             }
             if not known.saved_text:  # a continuation keeps the time its first worker took
@@ -168,6 +201,7 @@ def do_save_updates(updates: list[Update], progress: dict[int, Progress]) -> Sav
                     "status": _status(update),
                     "finish_reason": "error" if update.error else update.finish_reason,
                     "error": update.error,
+                    "error_code": "failed" if update.error else "",
                     "duration": update.duration,
                 }
                 saved.finished.append(reply_id)
@@ -197,10 +231,11 @@ def _status(update: Update) -> str:
 def do_fail_reply(reply_id: int, error: str, code: str = "failed") -> Events:
     """Mark a reply that could not be written as failed; the events that tell its pages."""
     Message.objects.filter(pk=reply_id, status__in=Message.ACTIVE_STATUSES).update(
-        status=Message.Status.FAILED, finish_reason="error", error=error, updated_at=timezone.now()
+        status=Message.Status.FAILED, finish_reason="error", error=error, error_code=code,
+        updated_at=timezone.now(),
     )
     reply = Message.objects.filter(pk=reply_id).first()
-    return failure_events(reply, code) if reply is not None else []
+    return failure_events(reply) if reply is not None else []
 
 
 def do_recover_replies(queue: jobs.JobQueue) -> Events:

@@ -9,7 +9,8 @@ from django.utils import timezone
 
 from chat.actions import get_message
 from chat.errors import ChatError
-from chat.models import Conversation, Feedback, Message, User
+from chat.inputs import check_text
+from chat.models import Conversation, ConversationView, Feedback, Message, User
 
 COMMENT_CHARS = 2000
 
@@ -22,13 +23,22 @@ def do_give_feedback(user: User, message_id: int, rating: object, comment: objec
         raise ChatError("not_found", "No such reply.")
     if rating not in Feedback.Rating.values:
         raise ChatError("bad_frame", 'The rating is "up" or "down".')
-    comment = comment.strip() if isinstance(comment, str) else ""
+    comment = check_text(comment.strip(), "comment") if isinstance(comment, str) else ""
     if len(comment) > COMMENT_CHARS:
         raise ChatError("too_large", f"A comment can be at most {COMMENT_CHARS} characters long.")
     feedback, _ = Feedback.objects.update_or_create(
         user=user, message=message, defaults={"rating": rating, "comment": comment}
     )
     return feedback
+
+
+def do_record_views(viewer: User, conversation_ids) -> None:
+    """Record that `viewer` saw what was said in these conversations (the audit of
+    docs/review.md): every admin page or export that shows message text calls this."""
+    ids = sorted({pk for pk in conversation_ids if pk is not None})
+    ConversationView.objects.bulk_create(
+        ConversationView(conversation_id=pk, viewer=viewer) for pk in ids
+    )
 
 
 def do_set_flag(conversations: QuerySet[Conversation], flagged: bool) -> int:

@@ -1,7 +1,5 @@
 """Pages and the small JSON endpoints of the sidebar. The rules live in chat.actions."""
 
-import json
-
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
@@ -11,12 +9,15 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
+from django_ratelimit.decorators import ratelimit
 
-from chat import actions, billing, plans, review
+from chat import actions, billing, plans, review, search
 from chat.errors import ChatError
 from chat.forms import SignupForm
+from chat.inputs import parse_json
 
 ERROR_STATUS = {"not_found": 404, "conflict": 409, "too_large": 413}
+MAX_POSTED_BYTES = 64 * 1024  # a title or a feedback comment
 
 
 def error_response(error: ChatError) -> JsonResponse:
@@ -28,10 +29,7 @@ def posted_data(request: HttpRequest) -> dict:
     """The POSTed fields: a JSON object from the page's fetch, or a form."""
     if request.content_type != "application/json":
         return request.POST
-    try:
-        data = json.loads(request.body)
-    except ValueError:
-        data = None
+    data = parse_json(request.body, max_bytes=MAX_POSTED_BYTES)
     if not isinstance(data, dict):
         raise ChatError("bad_json", "The body is not a JSON object.")
     return data
@@ -72,12 +70,19 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
     return render(request, "chat/chat.html", context)
 
 
+# Per client address (behind a proxy, Daphne's --proxy-headers makes it the client's), counted
+# in the cache (Redis, shared by every web process, when there is one); answered below, not 403.
+@ratelimit(key="ip", rate=lambda group, request: settings.GROKWEB_SIGNUP_RATE, method="POST", block=False)
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("chat")
     form = SignupForm(request.POST or None)
+    if request.limited:  # every POST counts, valid or not: a bot's bad tries too
+        form.add_error(None, "Too many sign-ups from this address: try again later.")
+        return render(request, "registration/signup.html", {"form": form}, status=429)
     if request.method == "POST" and form.is_valid():
-        login(request, form.save())
+        # Named: with django-axes there are two backends, and only this one logs people in.
+        login(request, form.save(), backend="django.contrib.auth.backends.ModelBackend")
         return redirect("chat")
     return render(request, "registration/signup.html", {"form": form})
 
@@ -110,7 +115,10 @@ def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpRespo
 @login_required
 @require_GET
 def conversation_search(request: HttpRequest) -> JsonResponse:
-    results = actions.search_conversations(request.user, request.GET.get("q", ""))
+    try:
+        results = search.search_conversations(request.user, request.GET.get("q", ""))
+    except ChatError as error:
+        return error_response(error)
     return JsonResponse({"results": results})
 
 

@@ -5,6 +5,7 @@ to hold against the memory's bandwidth. Used by `python -m inference bench` and 
 by bench/engine_bench.py and bench/wide_int8.py.
 """
 
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from inference.engine import Engine, Request, SamplingParams
 from inference.model import Grok
+from inference.placement import expert_share
 
 BENCH_REPEATS = 3
 
@@ -23,8 +25,7 @@ def weight_bytes_per_step(model: Grok, batch: int) -> float:
     1 - (1 - k/X)^B share of them (k/X at batch 1). The tied embedding is read whole by the output.
     Parameters only: nf4's block scales (about 3% more) live outside them and are not counted.
     """
-    c = model.config
-    share = 1 - (1 - c.num_selected_experts / c.num_experts) ** batch
+    share = expert_share(model.config, batch)
     total = 0.0
     for name, p in model.named_parameters():
         size = p.numel() * p.element_size()
@@ -62,16 +63,20 @@ def bench(
     new_tokens: int,
     device: str | None = None,
     dtype: torch.dtype | None = None,
+    placement: dict | None = None,
 ) -> None:
-    """Print prefill and decode tokens/s, and the weight bandwidth decode implies, per quant mode and batch size.
+    """Print prefill and decode tokens/s, and the weight bandwidth decode implies, per quant mode and batch size;
+    `placement`: the Engine's placement keywords (budgets, offload).
 
     Each figure is the best of BENCH_REPEATS runs: on a shared machine noise only ever slows a run down.
     """
     print(f"{'quant':<6} {'batch':>5} {'prefill tok/s':>14} {'decode tok/s':>13} {'decode GB/s':>12}")
     for quant in quants:
         engine = Engine(
-            checkpoint, quant=quant, device=device, dtype=dtype, max_batch=max(batches), context_len=prompt_len + new_tokens
+            checkpoint, quant=quant, device=device, dtype=dtype, max_batch=max(batches), context_len=prompt_len + new_tokens,
+            **(placement or {}),
         )
+        print(f"{quant}: {engine.model.placement}", file=sys.stderr)
         measure(engine, 1, 8, 2)  # warm-up
         for batch in batches:
             runs = [measure(engine, batch, prompt_len, new_tokens) for _ in range(BENCH_REPEATS)]

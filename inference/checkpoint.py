@@ -22,7 +22,7 @@ A released folder (inference/released.py) loads as well: its pickles are convert
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from inference import placement
+from inference.experts import Costs, MappedCheckpoint, place
 from inference.model import Grok, GrokConfig
 from inference.quantize import DEFAULT_QUANT, QUANT_MODES, build_linear, meta_model
 from inference.released import RELEASED_DIR, CheckpointError, converted_tensors, read_released_tensor, released_files
@@ -37,8 +38,9 @@ from inference.released import RELEASED_DIR, CheckpointError, converted_tensors,
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def checkpoint_tensors(path: Path) -> Iterator[tuple[str, Tensor, str]]:
-    """(converted name, tensor, where it came from) for every tensor of a released or converted folder."""
+def checkpoint_tensors(path: Path, skip: Callable[[str], bool] = lambda key: False) -> Iterator[tuple[str, Tensor, str]]:
+    """(converted name, tensor, where it came from) for every tensor of a released or converted
+    folder; a converted folder's tensors for which `skip(name)` holds are not read at all."""
     if (path / RELEASED_DIR).is_dir():
         for name, file in released_files(path).items():
             for key, tensor in converted_tensors(name, read_released_tensor(file, name)):
@@ -56,7 +58,7 @@ def checkpoint_tensors(path: Path) -> Iterator[tuple[str, Tensor, str]]:
                 handle = safe_open(file, framework="pt")
             except Exception as err:
                 raise CheckpointError(f"{file} (holding tensor {keys[0]}, ...) is truncated or invalid: {err}") from None
-            for key in keys:
+            for key in (k for k in keys if not skip(k)):
                 try:
                     tensor = handle.get_tensor(key)
                 except Exception as err:
@@ -76,24 +78,40 @@ def load_model(
     max_cpu_memory: str | int | None = None,
     offload_dir: str | Path | None = None,
     kv_bytes: int = 0,
+    offload: str = placement.DEFAULT_OFFLOAD,
+    costs: Costs = Costs(),
 ) -> Grok:
     """Load a released or converted checkpoint into an inference-ready model. With budgets,
     `kv_bytes` of them are kept for the KV cache (inference/placement.py `max_memory`).
 
     The model is built on the meta device with the `quant` kind of projections; each tensor is then
     read, checked, and put in place on its device (or written to `offload_dir` for disk), so the
-    weights are never held twice. With memory budgets, inference/placement.py spreads the layers
-    over GPUs, CPU and disk.
+    weights are never held twice. With memory budgets, inference/placement.py spreads the model
+    over GPUs, CPU and disk: expert by expert (`offload="experts"`, memory-mapped experts are not
+    read here at all; `costs` drives the per-step copy decision), or layer by layer with
+    accelerate (`offload="layers"`). `model.placement` tells, in a line, where everything went.
     """
     if quant not in QUANT_MODES:
         raise ValueError(f"unknown quant mode {quant!r}; choose one of {', '.join(QUANT_MODES)}")
+    placement.check_offload(offload)
     path = Path(path)
     config = GrokConfig.from_checkpoint(path)
     model = meta_model(config, quant, dtype)
     expected = _schema(config)
 
     placed = max_gpu_memory is not None or max_cpu_memory is not None
-    if placed:
+    locations, mapped = None, None
+    if placed and offload == "experts":
+        main, main_budget, cpu_budget = placement.expert_budgets(max_gpu_memory, max_cpu_memory, None, kv_bytes)
+        locations = placement.place_experts(model, main, main_budget, cpu_budget)
+        placement.check_nf4(quant, main, locations)
+        device_map = {"": main} | {
+            f"layers.{i}.moe.experts.{x}": where for i, row in enumerate(locations) for x, where in enumerate(row)
+        }
+        if placement.MMAP in device_map.values():
+            mapped = _mapped_checkpoint(path, quant)
+        summary = placement.describe_experts(main, locations)
+    elif placed:
         device_map = placement.device_map(
             model, max_gpu_memory=max_gpu_memory, max_cpu_memory=max_cpu_memory, kv_bytes=kv_bytes
         )
@@ -102,20 +120,23 @@ def load_model(
                 raise ValueError("the model does not fit in the memory budgets: give offload_dir for the layers that go to disk")
             if quant == "nf4":
                 raise ValueError("nf4 weights cannot be offloaded to disk: raise the memory budgets or use int8")
+        summary = placement.describe_layers(device_map)
     else:
         device_map = {"": str(device)}
+        summary = f"all on {device}"
 
     offload_index: dict = {}
     pending: dict[str, dict[str, Tensor]] = {}  # projection -> the weight or scales read so far
     seen = set()
-    for key, tensor, origin in checkpoint_tensors(path):
-        if key not in expected:
-            raise CheckpointError(f"{origin}: unexpected tensor {key}")
-        shape, want = expected[key]
-        if tuple(tensor.shape) != shape or tensor.dtype != want:
-            raise CheckpointError(
-                f"{origin}: tensor {key} is {tensor.dtype} {list(tensor.shape)}, expected {want} {list(shape)}"
-            )
+
+    def is_mapped(key: str) -> bool:
+        return placement.device_of(device_map, key) == placement.MMAP
+
+    for key in (k for k in expected if is_mapped(k) and k in mapped.entries):  # checked by the file's header: not read now
+        _check(key, *mapped.describe(key), expected, str(path))
+        seen.add(key)
+    for key, tensor, origin in checkpoint_tensors(path, skip=is_mapped):
+        _check(key, tuple(tensor.shape), tensor.dtype, expected, origin)
         seen.add(key)
         target = placement.device_of(device_map, key)
         module_name, _, leaf = key.rpartition(".")
@@ -141,9 +162,32 @@ def load_model(
     missing = sorted(set(expected) - seen)
     if missing:
         raise CheckpointError(f"{path}: tensor {missing[0]} is missing" + (f" ({len(missing) - 1} more)" if len(missing) > 1 else ""))
-    if placed:
+    if locations is not None:
+        place(model, locations, mapped, torch.device(device_map[""]), quant, dtype, costs)
+    elif placed:
         placement.dispatch(model, device_map, offload_dir, offload_index)
+    model.placement = summary
     return model
+
+
+def _check(key: str, shape: tuple[int, ...], dtype: torch.dtype, expected: dict, origin: str) -> None:
+    if key not in expected:
+        raise CheckpointError(f"{origin}: unexpected tensor {key}")
+    want_shape, want_dtype = expected[key]
+    if shape != want_shape or dtype != want_dtype:
+        raise CheckpointError(f"{origin}: tensor {key} is {dtype} {list(shape)}, expected {want_dtype} {list(want_shape)}")
+
+
+def _mapped_checkpoint(path: Path, quant: str) -> MappedCheckpoint:
+    """The converted checkpoint's shards, memory-mapped, for the experts that fit no budget."""
+    if quant == "nf4":
+        raise ValueError("nf4 experts cannot stay memory-mapped (bitsandbytes quantizes on the GPU): raise the budgets or use int8")
+    if not (path / INDEX_FILE).is_file():
+        raise ValueError(
+            f"the experts do not fit the memory budgets and {path} is not a converted checkpoint: memory-mapped experts"
+            " are read from its safetensors (`python -m inference convert`), or raise the budgets"
+        )
+    return MappedCheckpoint(path, json.loads((path / INDEX_FILE).read_text())["weight_map"])
 
 
 def _schema(config: GrokConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

@@ -61,6 +61,7 @@ class Update:
     completion_tokens: int
     time_to_first_token: float | None  # seconds from being taken to the first text
     duration: float | None  # seconds from being taken to the end, once finished
+    cached_tokens: int = 0  # prompt tokens reused from the engine's prefix cache
 
 
 class Sink(Protocol):
@@ -82,6 +83,7 @@ class _InFlight:
     error: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     first_text_at: float | None = None
     finished_at: float | None = None
     dirty: bool = True  # changed since the last successful delivery
@@ -99,6 +101,7 @@ class _InFlight:
             if self.first_text_at is None
             else self.first_text_at - self.taken_at,
             duration=None if self.finished_at is None else self.finished_at - self.taken_at,
+            cached_tokens=self.cached_tokens,
         )
 
 
@@ -228,7 +231,7 @@ class ServingLoop:
         try:
             self.engine.cancel(request_id)
         except Exception:  # an engine that cannot cancel must not stop the others' replies
-            log.exception("cancelling %s failed", request_id)
+            log.exception("cancelling %s failed", request_id, extra={"reply_id": request_id})
             reply = self.replies.get(request_id)
             if reply is not None and reply.finish_reason is None:
                 self._fail(reply, "The reply could not be cancelled.")
@@ -260,10 +263,12 @@ class ServingLoop:
                 reply.first_text_at = now
         reply.prompt_tokens = delta.prompt_tokens
         reply.completion_tokens = delta.completion_tokens
+        reply.cached_tokens = delta.cached_tokens
         reply.dirty = True
         if delta.finish_reason is not None:
             reply.finish_reason = delta.finish_reason
             reply.finished_at = now
+            reply.error = delta.error
             if reply.interrupted:
                 reply.error = STOPPED_ERROR
 

@@ -168,12 +168,26 @@ class Expert(nn.Module):
         return self.linear_1(F.gelu(self.linear(x), approximate="tanh") * self.linear_v(x))
 
 
+class Experts(nn.ModuleList):
+    """The X experts of a layer, all where the layer runs. inference/experts.py `PlacedExperts`
+    replaces it when the experts are placed one by one (GPU, CPU RAM, memory-mapped file)."""
+
+    def forward(self, x: Tensor, chosen: Tensor, gates: Tensor) -> Tensor:
+        """x [N, E], chosen [N, k] expert indices, gates [N, k] -> sum of the chosen experts' outputs, gated [N, E]."""
+        out = torch.zeros_like(x)  # [N, E]
+        for index, expert in enumerate(self):
+            token, rank = torch.where(chosen == index)
+            if token.numel():  # run only the experts some token chose
+                out.index_add_(0, token, expert(x[token]) * gates[token, rank, None])
+        return out
+
+
 class MoE(nn.Module):
     def __init__(self, config: GrokConfig):
         super().__init__()
         self.top_k = config.num_selected_experts
         self.router = nn.Parameter(torch.empty(config.num_experts, config.emb_size, dtype=torch.float32))  # [X, E]
-        self.experts = nn.ModuleList(Expert(config) for _ in range(config.num_experts))
+        self.experts = Experts(Expert(config) for _ in range(config.num_experts))
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
@@ -181,13 +195,7 @@ class MoE(nn.Module):
         probs = torch.softmax(x.float() @ self.router.T, dim=-1)  # [N, X]
         # The reference keeps the top-k probabilities as they are: no renormalisation.
         gates, chosen = probs.topk(self.top_k, dim=-1)  # [N, k]
-        gates = gates.to(x.dtype)
-        out = torch.zeros_like(x)  # [N, E]
-        for index, expert in enumerate(self.experts):
-            token, rank = torch.where(chosen == index)
-            if token.numel():  # run only the experts some token chose
-                out.index_add_(0, token, expert(x[token]) * gates[token, rank, None])
-        return out.view(shape)
+        return self.experts(x, chosen, gates.to(x.dtype)).view(shape)
 
 
 class DecoderLayer(nn.Module):
@@ -242,6 +250,12 @@ class Grok(nn.Module):
             device = execution_device(layer)
             layer.attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             layer.attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+
+    def copy_cache(self, source: int, target: int, length: int) -> None:
+        """Copy the keys and values of cache row `source`'s first `length` positions into row `target` (prefix reuse)."""
+        for layer in self.layers:
+            for cache in (layer.attn.k_cache, layer.attn.v_cache):
+                cache[target, :, :length] = cache[source, :, :length]
 
     def forward(self, tokens: Tensor, input_pos: Tensor, slots: Tensor, at: Tensor | None = None) -> Tensor:
         """tokens [B, T], input_pos [B, T], slots [B] (all long) -> logits [B, T, V] float32.

@@ -18,6 +18,7 @@ Scales split the input dimension into G equal groups: input row r uses scales[r 
 import torch
 from torch import Tensor, nn
 
+from inference import cpu_kernels
 from inference.model import Grok, GrokConfig
 
 QUANT_MODES = ("int8", "nf4", "none")
@@ -29,24 +30,37 @@ def scale_groups(name: str) -> int:
     return 8 if name.endswith(("attn.linear", "linear_1")) else 1
 
 
-# When PyTorch's int8 kernel beats casting the weight on CPU (bench/int8_matmul.py, engine bench):
-# - only for weights too big for the caches (every Grok-1 projection; none of the tiny model's),
-#   where reading 1 byte per weight beats the cast's 1 + 4 + 4;
-# - in float32, only up to 2 rows (tokens): its float32 path does not batch rows;
-# - in bfloat16 at every row count measured, but only for a group width that is a multiple of 16
-#   (PyTorch 2.13 crashes otherwise; Grok-1's are 768 and wider).
+# Which way Int8Linear computes on CPU (bench/int8_matmul.py, bench/llama_peer.py):
+# - bfloat16, up to VNNI_MAX_ROWS rows (decode, batched decode): our VNNI kernel
+#   (inference/cpu_kernels.c), which reads the weight once at up to ~90% of the memory's speed
+#   and is compute-bound beyond;
+# - more rows (prefill), weights too big for the caches: the weight cast a cache-sized block at a
+#   time for PyTorch's matmul (AMX in bfloat16); small weights are cast whole;
+# - float32, big weights: PyTorch's weight-only int8 kernel up to 2 rows (its float32 path does
+#   not batch rows), blocks beyond;
+# - bfloat16 without VNNI: PyTorch's int8 kernel for big weights whose group width is a multiple
+#   of 16 (PyTorch 2.13 crashes otherwise; Grok-1's are 768 and wider).
+CPU_PATHS = ("vnni", "blocked", "int8pack", "cast")
+VNNI_MAX_ROWS = 32
 INT8_KERNEL_MIN_BLOCK = 2**20  # weights in one scale group's block
 INT8_KERNEL_MAX_ROWS_F32 = 2
 INT8_KERNEL_BF16_WIDTH = 16
 
 
+def default_dtype(config: GrokConfig, device: str | torch.device) -> torch.dtype:
+    """The faster activation dtype: bfloat16, but float32 on CPU for a model whose projections fit
+    the caches (the tiny demo), where the int8 kernels do not pay (see above)."""
+    small = config.emb_size**2 < INT8_KERNEL_MIN_BLOCK
+    return torch.float32 if torch.device(device).type == "cpu" and small else torch.bfloat16
+
+
 class Int8Linear(nn.Module):
     """y = x @ (weight * scales).T without materialising the float weight.
 
-    The weight is kept as G contiguous blocks [G, out, in/G], one per scale group. On CPU each
-    block goes through PyTorch's weight-only int8 kernel (`_weight_int8pack_mm`, int8 weight,
-    scales per output); elsewhere, as in gpt-fast, the weight is cast to the activation dtype
-    inside the matmul (compiled, the cast fuses into it).
+    The weight is kept as G contiguous blocks [G, out, in/G], one per scale group. On CPU the
+    way (`path`, one of CPU_PATHS) is chosen per call by `cpu_path` unless `path` is set; on
+    other devices, as in gpt-fast, the weight is cast to the activation dtype inside the matmul
+    (compiled, the cast fuses into it).
     """
 
     def __init__(self, in_features: int, out_features: int, groups: int = 1, device=None):
@@ -59,13 +73,37 @@ class Int8Linear(nn.Module):
         self.scales = nn.Parameter(
             torch.empty(groups, out_features, dtype=torch.bfloat16, device=device), requires_grad=False
         )  # [G, out]
+        self.path: str | None = None  # a fixed CPU way (tests, benches); None: cpu_path picks per call
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)  # [N, in]
-        matmul = self.kernel_matmul if self._cpu_kernel_fits(x, rows.shape[0]) else self.cast_matmul
-        return matmul(rows).view(*x.shape[:-1], self.out_features)  # [..., out]
+        path = "cast" if x.device.type != "cpu" else self.path or self.cpu_path(rows)
+        return getattr(self, f"{path}_matmul")(rows).view(*x.shape[:-1], self.out_features)  # [..., out]
 
-    def kernel_matmul(self, rows: Tensor) -> Tensor:
+    def cpu_path(self, rows: Tensor) -> str:
+        """The fastest way for these rows [N, in] on CPU (see the table above the class)."""
+        n, width = rows.shape[0], self.weight.shape[2]
+        big = self.weight[0].numel() >= INT8_KERNEL_MIN_BLOCK
+        if rows.dtype == torch.bfloat16:
+            if n <= VNNI_MAX_ROWS and width <= cpu_kernels.MAX_GROUP_WIDTH and cpu_kernels.available():
+                return "vnni"
+            if big and n > VNNI_MAX_ROWS:
+                return "blocked"
+            if big and width % INT8_KERNEL_BF16_WIDTH == 0:
+                return "int8pack"
+        elif rows.dtype == torch.float32 and big:
+            return "int8pack" if n <= INT8_KERNEL_MAX_ROWS_F32 else "blocked"
+        return "cast"
+
+    def vnni_matmul(self, rows: Tensor) -> Tensor:
+        """[N, in] -> [N, out] through our VNNI kernel (bfloat16 only)."""
+        return cpu_kernels.int8_linear(rows, self.weight, self.scales)
+
+    def blocked_matmul(self, rows: Tensor) -> Tensor:
+        """[N, in] -> [N, out] with the weight cast a block at a time (the numerics of cast_matmul)."""
+        return cpu_kernels.blocked_matmul(rows, self.weight, self.scales)
+
+    def int8pack_matmul(self, rows: Tensor) -> Tensor:
         """[N, in] -> [N, out] through `_weight_int8pack_mm`, one call a scale group."""
         scales = self.scales.to(rows.dtype)  # [G, out]
         parts = rows.chunk(self.weight.shape[0], dim=-1)  # G x [N, in/G]
@@ -80,13 +118,6 @@ class Int8Linear(nn.Module):
         xg = rows.view(-1, groups, self.in_features // groups).transpose(0, 1)  # [G, N, in/G]
         y = torch.bmm(xg, self.weight.to(rows.dtype).transpose(1, 2))  # [G, N, out]; the transpose is free in bmm
         return (y * self.scales.to(rows.dtype)[:, None, :]).sum(0)  # [N, out]
-
-    def _cpu_kernel_fits(self, x: Tensor, rows: int) -> bool:
-        if x.device.type != "cpu" or self.weight[0].numel() < INT8_KERNEL_MIN_BLOCK:
-            return False
-        if x.dtype == torch.bfloat16:
-            return self.weight.shape[2] % INT8_KERNEL_BF16_WIDTH == 0
-        return x.dtype == torch.float32 and rows <= INT8_KERNEL_MAX_ROWS_F32
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, groups={self.scales.shape[0]}"

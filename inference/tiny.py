@@ -9,6 +9,7 @@ converted-format writer (`convert.write_converted`).
 """
 
 import io
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -136,3 +137,47 @@ def make_random(dst: str | Path, config: GrokConfig, seed: int, model_name: str)
             params.__getitem__,
             tokenizer=tokenizer,
         )
+
+
+def make_random_int8(dst: str | Path, config: GrokConfig, seed: int, model_name: str, device: str = "cpu") -> None:
+    """Write a seeded random checkpoint of `config`'s shape straight in the converted format, one
+    shard per layer, with no tokenizer: int8 weights drawn with torch on `device` (a GPU draws
+    Grok-1's full width in seconds, where `make_random`'s float weights and numpy take minutes).
+    For benchmarks and placement tests, which feed token ids and read logits."""
+    import torch  # here: the rest of this module, and make_tiny, need numpy only
+    from safetensors.torch import save_file
+
+    from inference.checkpoint import INDEX_FILE, _schema
+    from inference.config import CONFIG_FILE
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator(device).manual_seed(seed)
+    schema = _schema(config)
+    shards: dict[str, list[str]] = {}
+    for key in schema:
+        shards.setdefault(f"layer-{key.split('.')[1]}.safetensors" if key.startswith("layers.") else "shared.safetensors", []).append(key)
+    total = 0
+    for shard, keys in shards.items():  # one shard in memory at a time
+        tensors = {}
+        for key in keys:
+            shape, dtype = schema[key]
+            if dtype == torch.int8:
+                value = torch.randint(-127, 128, shape, dtype=torch.int8, generator=generator, device=device)
+            elif key.endswith(".scales"):  # uniform int8 has std ~73: weights of std 1/sqrt(in), as make_random's
+                in_features = schema[key.removesuffix(".scales") + ".weight"][0][1]
+                value = torch.full(shape, 1 / (73 * math.sqrt(in_features)), dtype=dtype, device=device)
+            elif key == "embed.weight":
+                value = torch.randn(shape, generator=generator, device=device) * EMBEDDING_STD
+            elif key.endswith(("rms_norm_1.scale", "rms_norm_3.scale")):
+                value = torch.full(shape, BRANCH_SCALE, device=device)
+            elif key.endswith(".scale"):
+                value = torch.ones(shape, device=device)
+            else:  # the router [X, E]
+                value = torch.randn(shape, generator=generator, device=device) / math.sqrt(shape[1])
+            tensors[key] = value.cpu()
+        save_file(tensors, dst / shard, metadata={"format": "pt"})
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+    weight_map = {key: shard for shard, keys in shards.items() for key in keys}
+    (dst / CONFIG_FILE).write_text(json.dumps(config.to_dict() | {"model_name": model_name, "demo": True}, indent=1))
+    (dst / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))

@@ -1,4 +1,5 @@
-"""The SentencePiece tokenizer, and a detokeniser for streaming.
+"""The SentencePiece tokenizer, a detokeniser for streaming, and `common_prefix` of token id lists
+(the prefix cache's comparison, torch-free so that chat/prompts.py can use it too).
 
 Grok-1's tokenizer is a byte-fallback BPE: a character missing from the vocabulary is spelled as
 UTF-8 byte pieces (`<0xF0>` `<0x9F>` `<0x98>` `<0x80>` for one emoji), so a single token may hold
@@ -59,3 +60,15 @@ class StreamDecoder:
         text = self.tokenizer.decode(self.ids)[len(self.tokenizer.decode(self.ids[: self.done])) :]
         self.ids, self.done = [], 0
         return text
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix, by bisection over C-speed list comparisons."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low

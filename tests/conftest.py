@@ -107,8 +107,24 @@ def tiny_engine(tiny_checkpoint):
     return Engine(tiny_checkpoint, quant="none", max_batch=2, context_len=512)
 
 
+@pytest.fixture(scope="session")
+def llama_server(tiny_checkpoint, tmp_path_factory):
+    """llama.cpp's llama-server (built under var/ when absent) serving the tiny checkpoint
+    exported to GGUF, for the session; a test that kills it starts it again."""
+    from inference.gguf_export import export_gguf
+    from tests.llama_cpp import LlamaServer
+
+    folder = tmp_path_factory.mktemp("llama-server")
+    export_gguf(tiny_checkpoint, folder / "tiny.gguf")
+    server = LlamaServer(folder / "tiny.gguf", folder / "server.log")
+    server.start()
+    yield server
+    server.kill()
+
+
 @pytest.fixture
 def engine(tiny_engine):
+    """The session's tiny_engine, its requests cancelled and run out after the test."""
     yield tiny_engine
     for request_id in [*tiny_engine.queued(), *(s.request.id for s in tiny_engine.slots if s)]:
         tiny_engine.cancel(request_id)
@@ -121,7 +137,8 @@ def engine(tiny_engine):
 
 @pytest.fixture
 def committed_db(transactional_db, django_db_serialized_rollback):
-    """Committed data, which other processes can see; seeded personas and plans come back."""
+    """Committed data, which other processes and threads (a worker's, the consumer's) see; the
+    personas and plans the migrations seeded come back after each test's flush."""
 
 
 @pytest.fixture
@@ -181,13 +198,23 @@ def production_stack(committed_db, redis_db, tiny_checkpoint, tmp_path, settings
 
 
 @pytest.fixture
-def cookie(committed_db, user_factory) -> str:
-    """The Cookie header of a logged-in user, ann, for a websocket client."""
+def login(committed_db, user_factory):
+    """login("ann") -> the Cookie header of a logged-in session for a new user ann, for a
+    websocket client."""
     from django.test import Client
 
-    client = Client()
-    client.force_login(user_factory("ann"))
-    return f"sessionid={client.cookies['sessionid'].value}"
+    def make(username: str) -> str:
+        client = Client()
+        client.force_login(user_factory(username))
+        return f"sessionid={client.cookies['sessionid'].value}"
+
+    return make
+
+
+@pytest.fixture
+def cookie(login) -> str:
+    """The Cookie header of a logged-in user, ann: login("ann")."""
+    return login("ann")
 
 
 @pytest.fixture(scope="session")

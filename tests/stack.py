@@ -1,7 +1,7 @@
 """The whole stack as processes: Daphne in the embedded mode, or Daphne with worker processes and
 a private Redis, and a websocket client that behaves like the chat page. Shared by the tests'
-fixtures (tests/conftest.py) and the benches under bench/ (which import it with the repository
-root on sys.path).
+fixtures (tests/conftest.py), the fault scenarios (tests/faults.py) and the benches under bench/
+(run as modules from the repository root: `python -m bench.NAME`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 
 import redis
 from websockets.asyncio.client import connect as ws_connect
+
+from chat.events import Follower  # no Django: the benches import this module before setting it up
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP = 120  # seconds for Daphne and the worker to come up on a busy machine
@@ -65,6 +67,7 @@ class EmbeddedServer:
         manage(self.env, "collectstatic", "--noinput")  # WhiteNoise serves the collected copies
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        self.env["GROKWEB_PUBLIC_ORIGINS"] = self.url  # the page's websocket comes from here
         self.log = var_dir / "daphne.log"
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
@@ -150,6 +153,9 @@ class Stack:
             "GROK_MAX_BATCH": "2",
             "OMP_NUM_THREADS": "1",  # two shared cores: more threads only contend
             "PYTHONUNBUFFERED": "1",
+            # Plain HTTP on the loopback: the page's origin, and no redirect to HTTPS.
+            "GROKWEB_PUBLIC_ORIGINS": f"http://127.0.0.1:{self.port}",
+            "GROKWEB_SSL_REDIRECT": "false",
             **env,
         }
         self.processes: dict[str, subprocess.Popen] = {}
@@ -250,13 +256,15 @@ def delta_text(frames: list[dict]) -> str:
 
 
 class Page:
-    """A reply as the chat page shows it: `text` from deltas joined at their offsets, with a
-    `resume` from what it shows when one skips ahead (a dropped frame); `done` as it came (the
-    page then shows the saved text it carries)."""
+    """A reply as the chat page shows it: `text` from deltas joined at their offsets (by
+    chat.events.Follower, as the server's followers join them), with a `resume` from what it
+    shows when one skips ahead (a dropped frame); `done` as it came (the page then shows the
+    saved text it carries)."""
 
     def __init__(self, reply_id: int) -> None:
         self.reply_id = reply_id
         self.text = ""
+        self.follower = Follower()  # has len(self.text)
         self.done: dict | None = None
         self.errors: list[dict] = []
 
@@ -271,10 +279,11 @@ class Page:
             if frame.get("message_id") != self.reply_id:
                 continue
             if frame["type"] == "delta":
-                if frame["offset"] > len(self.text):
+                new = self.follower.new_text(frame["offset"], frame["text"])
+                if new is None:
                     await self.resume(ws)
                 else:
-                    self.text += frame["text"][len(self.text) - frame["offset"] :]
+                    self.text += new
             elif frame["type"] == "done":
                 self.done = frame
 

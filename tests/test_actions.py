@@ -254,19 +254,3 @@ def test_delete(ann, bob, chat, job_calls, commit):
 def test_personas_for_lists_the_active_personas(ann):
     Persona.objects.filter(slug="regular").update(is_active=False)
     assert [(p.slug, p.allowed) for p in actions.personas_for(ann)] == [("grok", True)]
-
-
-def test_search_matches_titles_and_message_text_with_a_snippet(ann, conversation_factory):
-    by_title = conversation_factory(ann, [("user", "hello")], title="Pasta recipes")
-    long_text = "x " * 100 + "how to cook PASTA al dente " + "y " * 100
-    by_text = conversation_factory(ann, [("user", long_text)])
-    conversation_factory(ann, [("user", "nothing here")])
-
-    results = actions.search_conversations(ann, "pasta")
-
-    assert {r["id"] for r in results} == {by_title.id, by_text.id}
-    snippets = {r["id"]: r["snippet"] for r in results}
-    assert snippets[by_title.id] == ""
-    assert "cook PASTA al dente" in snippets[by_text.id]
-    assert snippets[by_text.id].startswith("…") and snippets[by_text.id].endswith("…")
-    assert actions.search_conversations(ann, "   ") == []

@@ -7,6 +7,7 @@ is the client, plus raw HTTP (httpx2) for the error shapes and the SSE bytes. Us
 keys on that server are made through `manage.py`.
 """
 
+import asyncio
 import datetime as dt
 import hashlib
 import json
@@ -17,10 +18,11 @@ from types import SimpleNamespace
 import httpx2 as httpx
 import openai
 import pytest
+from channels.db import database_sync_to_async
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from chat import jobs
+from chat import jobs, replies
 from chat.api import answers, follow, keys, model_ids, requests
 from chat.errors import ChatError
 from chat.errors import ApiError
@@ -61,6 +63,15 @@ def parse(**body):
         ({"stop": [""]}, "stop"),
         ({"stream": "yes"}, "stream"),
         ({"stream_options": {"include_usage": "yes"}}, "stream_options"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": -1}, "frequency_penalty"),
     ],
 )
 def test_bad_requests_name_the_parameter(body, param):
@@ -68,6 +79,14 @@ def test_bad_requests_name_the_parameter(body, param):
         parse(**body)
     assert refused.value.status == 400 and refused.value.param == param
     assert refused.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_parameters_that_ask_for_nothing_are_accepted():
+    request = parse(
+        tools=[], tool_choice="none", response_format={"type": "text"}, logprobs=False,
+        presence_penalty=0, frequency_penalty=0.0, logit_bias={}, top_logprobs=None,
+    )
+    assert request.turns == [("user", "Hello there")]
 
 
 def test_a_request_keeps_turns_system_text_and_sampling():
@@ -134,6 +153,8 @@ def test_an_api_conversation_is_stored_and_its_prompt_adds_the_system_text(user_
         f"{persona_prompt}\n\nAnswer in French.\n\nUser: Hi\n\nRegular: Bonjour!\n\n"
         "User: How are you?\n\nRegular:"
     )
+    # The prefix cache: only the persona's text is shared with other users, not the request's system text.
+    assert (request.cache_salt, request.public_prefix) == (str(ann.pk), len(persona_prompt))
     params = request.params
     assert (params.temperature, params.top_p, params.seed) == (0.3, 0.9, 42)
     assert params.stop == ("\n\nUser:", "\nUser:", "END", "\n\n")
@@ -196,7 +217,7 @@ def test_keys_are_stored_hashed_and_revoked_keys_fail(user_factory):
     assert key.startswith("gw-") and len(key) > 40 and row.name == "my laptop"
     assert row.hashed == hashlib.sha256(key.encode()).hexdigest() and key.startswith(row.prefix)
     assert key not in str(ApiKey.objects.filter(pk=row.pk).values().get())  # only its hash
-    assert keys.check_api_key(f"Bearer {key}") == ann
+    assert keys.check_api_key(f"Bearer {key}").user == ann
     assert ApiKey.objects.get(pk=row.pk).last_used_at is not None
     for header in [None, "", key, f"Basic {key}", "Bearer ", f"Bearer {key}x"]:
         with pytest.raises(ApiError) as refused:
@@ -213,7 +234,7 @@ def test_create_api_key_command_prints_a_working_key(user_factory, capsys):
     ann = user_factory("ann")
     call_command("create_api_key", "ann", "--name", "cron job")
     key = capsys.readouterr().out.strip()
-    assert keys.check_api_key(f"Bearer {key}") == ann
+    assert keys.check_api_key(f"Bearer {key}").user == ann
     assert ApiKey.objects.get(user=ann).name == "cron job"
     with pytest.raises(CommandError, match="No user"):
         call_command("create_api_key", "nobody")
@@ -481,6 +502,96 @@ def test_error_shapes(embedded_server, new_user):
         client_for(embedded_server, key).chat.completions.create(model="grok-1", messages=HELLO)
 
 
+def test_unsupported_parameters_are_refused_by_name(embedded_server, new_user):
+    _, key = new_user()
+    client = client_for(embedded_server, key)
+    function = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for name, value in [
+        ("tools", [function]),
+        ("response_format", {"type": "json_object"}),
+        ("logprobs", True),
+        ("frequency_penalty", 0.5),
+    ]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="grok-1:regular", messages=HELLO, **{name: value})
+        assert (refused.value.code, refused.value.param) == ("unsupported_parameter", name)
+
+
+def test_every_path_under_v1_answers_json_and_models_are_retrieved(embedded_server, new_user):
+    _, key = new_user()
+    client = client_for(embedded_server, key)
+    model = client.models.retrieve("grok-1:regular")
+    assert (model.id, model.object, model.owned_by) == ("grok-1:regular", "model", "grokweb")
+    assert model.to_dict() == client.models.list().data[0].to_dict()
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.models.retrieve("grok-1")  # not in the Free plan
+    assert refused.value.code == "model_not_found"
+    with pytest.raises(openai.AuthenticationError):
+        client_for(embedded_server, "gw-nope").models.retrieve("grok-1:regular")
+    for method, path in [
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/embeddings"),
+        ("GET", "/v1/models/"),
+        ("POST", "/v1/chat/completions/"),
+        ("GET", "/v1"),
+    ]:
+        response = httpx.request(
+            method, embedded_server.url + path, json={}, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        assert response.status_code == 404 and response.headers["Content-Type"] == "application/json"
+        error = response.json()["error"]
+        assert (error["code"], error["type"]) == ("unknown_url", "invalid_request_error"), path
+        assert error["message"] == f"Invalid URL ({method} {path})."
+
+
+def test_an_unexpected_error_under_v1_is_json(monkeypatch, user_factory, api_key_factory):
+    def broken(user):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("chat.api.views.list_models", broken)
+    client = Client(raise_request_exception=False)
+    response = client.get("/v1/models", headers={"Authorization": f"Bearer {api_key_factory(user_factory('ann'))}"})
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_and_stores_nothing(embedded_server, new_user):
+    """Counted in the web tier with the model's tokenizer, before anything is written: neither
+    the conversation nor its messages stay behind, and no quota is spent."""
+    username, key = new_user()
+    words = " ".join(f"word{i}" for i in range(2000))[:16000]  # one message at the size limit
+    messages = [{"role": "system", "content": words}] * 3 + [{"role": "user", "content": words}]
+    refused = post(embedded_server, {"model": "grok-1:regular", "messages": messages}, key)
+    assert refused.status_code == 400, refused.text
+    assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == ("context_length_exceeded", "messages")
+    stored = django_shell(
+        embedded_server,
+        "from chat.models import Conversation, Message, UsageEntry\n"
+        "mine = {'conversation__owner__username': data['username']}\n"
+        "print(json.dumps([Conversation.objects.filter(owner__username=data['username']).count(),"
+        " Message.objects.filter(**mine).count(), UsageEntry.objects.filter(user__username=data['username']).count()]))",
+        username=username,
+    )
+    assert stored == [0, 0, 0]
+    assert client_for(embedded_server, key).chat.completions.create(
+        model="grok-1:regular", messages=HELLO, max_tokens=2
+    ).choices[0].finish_reason in ("length", "stop")
+
+
+def test_the_prompt_is_checked_with_the_models_tokenizer_before_storing(user_factory, job_calls, settings, tiny_checkpoint):
+    settings.GROK_CHECKPOINT = str(tiny_checkpoint)
+    ann = user_factory("ann")
+    long_text = " ".join(f"word{i}" for i in range(2000))[:16000]
+    request = parse(model="grok-1:regular", messages=[{"role": "system", "content": long_text}] * 3 + HELLO)
+    with pytest.raises(ChatError) as refused:
+        requests.do_start_api_completion(ann, request)
+    assert refused.value.code == "too_long"
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+    # The same request with one system text fits: stored and queued.
+    request = parse(model="grok-1:regular", messages=[{"role": "system", "content": "Be brief."}, *HELLO])
+    assert requests.do_start_api_completion(ann, request).status == "queued"
+
+
 def test_revoked_key_is_refused(embedded_server, new_user):
     username, _ = new_user()
     key = manage(embedded_server.env, "create_api_key", username, "--name", "cli").strip()
@@ -573,13 +684,19 @@ def streaming_reply(transactional_db, django_db_serialized_rollback, user_factor
     return conversation.messages.create(role="assistant", status="streaming", content="Hello")
 
 
+@pytest.fixture
+def reply_key(streaming_reply):
+    """An API key of the streaming reply's owner, as the request that started it had."""
+    return keys.do_create_api_key(streaming_reply.conversation.owner, "tests")[0]
+
+
 def send(layer, reply, **event):
     return layer.group_send(f"reply.{reply.pk}", {"message_id": reply.pk, **event})
 
 
-async def test_following_trims_overlaps_and_fills_gaps_from_the_database(layer, streaming_reply, job_calls):
+async def test_following_trims_overlaps_and_fills_gaps_from_the_database(layer, streaming_reply, reply_key, job_calls):
     reply = streaming_reply
-    events = follow.follow_reply(reply.conversation.owner, reply.pk)
+    events = follow.follow_reply(reply_key, reply.pk)
     assert await anext(events) == {"type": "delta", "text": "Hello"}  # what was saved already
     await send(layer, reply, type="reply.delta", offset=3, text="lo there")  # overlaps by two
     assert await anext(events) == {"type": "delta", "text": " there"}
@@ -591,7 +708,7 @@ async def test_following_trims_overlaps_and_fills_gaps_from_the_database(layer, 
     await send(layer, reply, type="reply.error", code="too_long", message="Too long.")
     done = {"type": "reply.done", "status": "failed", "finish_reason": "error",
             "content": "Hello there, the lost bit, and more!", "error": "Too long.",
-            "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+            "error_code": "too_long", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
     await send(layer, reply, **done)
     assert await anext(events) == {"type": "delta", "text": "!"}  # the end a dropped delta had
     last = await anext(events)
@@ -602,9 +719,69 @@ async def test_following_trims_overlaps_and_fills_gaps_from_the_database(layer, 
     assert job_calls["cancel"] == []  # followed to its end: nothing to stop
 
 
-async def test_leaving_early_stops_the_reply(layer, streaming_reply, job_calls):
+async def test_a_late_follower_of_a_failed_reply_gets_its_stored_code(layer, streaming_reply, job_calls):
+    """The worker failed the reply (too long) before the request followed it: the stored code,
+    not the live event the request missed, makes the answer a 400."""
     reply = streaming_reply
-    events = follow.follow_reply(reply.conversation.owner, reply.pk)
+    events = await database_sync_to_async(replies.do_fail_reply)(reply.pk, "Too long.", "too_long")
+    assert [event["type"] for _, event in events] == ["reply.error", "reply.done"]
+    done = [event async for event in follow.follow_reply(reply.conversation.owner, reply.pk)][-1]
+    assert (done["type"], done["error_code"]) == ("done", "too_long")
+    assert (answers.failure(done).status, answers.failure(done).code) == (400, "context_length_exceeded")
+
+
+async def test_leaving_early_stops_the_reply(layer, streaming_reply, reply_key, job_calls):
+    reply = streaming_reply
+    events = follow.follow_reply(reply_key, reply.pk)
     assert (await anext(events))["text"] == "Hello"
     await events.aclose()  # what the server does when the client goes away
     assert job_calls["cancel"] == [reply.pk]  # the worker ends it at its next step
+
+
+async def test_revoking_the_key_ends_its_streams_and_stops_the_reply(layer, streaming_reply, reply_key, job_calls):
+    reply = streaming_reply
+    events = follow.follow_reply(reply_key, reply.pk)
+    assert (await anext(events))["text"] == "Hello"
+    pending = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0.1)
+    assert not pending.done()  # waiting for the reply's next words
+    await database_sync_to_async(keys.do_revoke_api_key)(reply_key.user, reply_key.pk)
+    with pytest.raises(ChatError) as ended:
+        await asyncio.wait_for(pending, 5)  # at once, not at the next poll
+    assert api_error(ended.value).status == 401
+    assert job_calls["cancel"] == [reply.pk]
+    await send(layer, reply, type="reply.delta", offset=5, text=" more")
+    with pytest.raises(StopAsyncIteration):
+        await anext(events)
+
+
+async def test_a_busy_stream_finds_a_revocation_it_was_not_told_of(layer, streaming_reply, reply_key, job_calls, monkeypatch):
+    """As another process's, whose `key.revoked` Redis lost: a look every POLL_SECONDS finds
+    it, though deltas keep coming."""
+    monkeypatch.setattr(follow, "POLL_SECONDS", 0.3)
+    reply = streaming_reply
+    events = follow.follow_reply(reply_key, reply.pk)
+    assert (await anext(events))["text"] == "Hello"
+    await ApiKey.objects.filter(pk=reply_key.pk).aupdate(revoked_at=dt.datetime.now(dt.timezone.utc))
+    with pytest.raises(ChatError, match="revoked"):
+        for offset in range(5, 1000):
+            await send(layer, reply, type="reply.delta", offset=offset, text="!")
+            await asyncio.wait_for(anext(events), 5)
+            await asyncio.sleep(0.05)
+    assert offset < 100  # within a few looks
+    assert job_calls["cancel"] == [reply.pk]
+
+
+@pytest.mark.parametrize(
+    "raw, param",
+    [
+        (b"[" * 2000, None),
+        (json.dumps({"model": "grok-1", "messages": [{"role": "user", "content": "a\x00"}]}).encode(), "messages[0].content"),
+        (b'{"model": "grok-1", "messages": [{"role": "user", "content": "\\ud800"}]}', "messages[0].content"),
+        (json.dumps({"model": "grok-1\x00", "messages": HELLO}).encode(), "model"),
+    ],
+)
+def test_deep_json_and_unstorable_text_are_400s(raw, param):
+    with pytest.raises(ApiError) as refused:
+        requests.parse_completion_request(raw)
+    assert (refused.value.status, refused.value.code, refused.value.param) == (400, "invalid_value", param)

@@ -133,20 +133,20 @@ def test_the_life_of_a_subscription(ann, webhook):
     assert Subscription.objects.get(user=ann).status == "past_due"
     assert plans.current_plan(ann).slug == "free"  # Free limits until it is paid
 
-    webhook(event("canceled", id_="e4", created=400))
+    webhook(event("cancelled", id_="e4", created=400))
     subscription.refresh_from_db()
-    assert (subscription.status, subscription.plan.slug) == ("canceled", "premium-plus")
+    assert (subscription.status, subscription.plan.slug) == ("cancelled", "premium-plus")
     assert plans.current_plan(ann).slug == "free"
 
 
 def test_an_event_older_than_the_last_applied_is_stale(ann, webhook):
     webhook(created(id_="e1", created=100))
-    webhook(event("canceled", id_="e2", created=300))
+    webhook(event("cancelled", id_="e2", created=300))
 
     response = webhook(event("renewed", id_="e3", created=200, plan="premium"))  # arrived late
 
     assert response.json()["outcome"] == "stale"
-    assert Subscription.objects.get(user=ann).status == "canceled"
+    assert Subscription.objects.get(user=ann).status == "cancelled"
 
 
 def test_past_due_without_a_subscription_is_ignored(ann, webhook):
@@ -170,6 +170,10 @@ def test_an_unknown_user_is_refused_unrecorded_so_a_retry_can_succeed(webhook, u
         json.dumps(event("created")).encode(),  # no plan
         json.dumps(event("upgraded", plan="premium")).encode(),
         json.dumps(event("created", plan="premium", current_period_end="2026-02-01")).encode(),
+        b"[" * 2000,  # deeper than the parser could recurse
+        json.dumps(created(id_="e" * 201)).encode(),  # longer than the stored id
+        json.dumps(created(username="ann\u0000")).encode(),  # NUL: PostgreSQL cannot store it
+        json.dumps({**created(), "type": ["subscription.created"]}).encode(),
     ],
 )
 def test_malformed_events_are_400(ann, webhook, body):

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.browser import ARTIFACTS
+from tests.browser import ARTIFACTS, csp_violations, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -33,9 +33,11 @@ def page(browser, embedded_server):
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.js_errors = errors
+    page.csp_violations = csp_violations(page)
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not page.csp_violations, page.csp_violations
 
 
 def sign_up(page) -> str:
@@ -138,8 +140,7 @@ def test_chat_flow(page, embedded_server):
     # lands: then regenerate and try again.
     for attempt in range(3):
         message_id = int(reply.get_attribute("data-id"))
-        page.wait_for_function(
-            f"""() => (window.__lengths[{message_id}] || []).length >= 2
+        wait_until(page, f"""() => (window.__lengths[{message_id}] || []).length >= 2
                 || !['queued', 'streaming'].includes(grokChat.state.messages.get({message_id}).status)""",
             timeout=REPLY_TIMEOUT_MS,
         )
@@ -152,7 +153,7 @@ def test_chat_flow(page, embedded_server):
         if reply.get_attribute("data-status") == "stopped":
             break
         reply.locator('[data-action="regenerate"]').click()
-        page.wait_for_function(f"() => ![null, {message_id}].includes(grokChat.state.activeId)")
+        wait_until(page, f"() => ![null, {message_id}].includes(grokChat.state.activeId)")
         reply = page.locator(".message-assistant").last
     assert "Stopped" in reply.locator(".message-footer").inner_text()
     stopped = reply_state(page, message_id)
@@ -165,8 +166,7 @@ def test_chat_flow(page, embedded_server):
     page.wait_for_selector(f'.message[data-id="{message_id}"] [data-rating="up"][aria-pressed="true"]')
     assert page.is_hidden("#composer-error")
 
-    page.wait_for_function(
-        "() => document.getElementById('conversation-title').textContent.includes('pelicans')"
+    wait_until(page, "() => document.getElementById('conversation-title').textContent.includes('pelicans')"
     )
     assert "pelicans" in page.title()
 
@@ -188,14 +188,12 @@ def test_chat_flow(page, embedded_server):
 
     # Regenerate replaces the stopped reply with a new one; the Stop button ends that one.
     page.click(f'.message-assistant[data-id="{message_id}"] [data-action="regenerate"]')
-    page.wait_for_function(
-        f"() => grokChat.state.activeId !== null && grokChat.state.activeId !== {message_id}",
+    wait_until(page, f"() => grokChat.state.activeId !== null && grokChat.state.activeId !== {message_id}",
         timeout=REPLY_TIMEOUT_MS,
     )
     new_id = page.evaluate("grokChat.state.activeId")
     assert page.locator(f'.message-assistant[data-id="{message_id}"]').count() == 0
-    page.wait_for_function(
-        f"() => (grokChat.state.messages.get({new_id}) || {{}}).length > 0", timeout=REPLY_TIMEOUT_MS
+    wait_until(page, f"() => (grokChat.state.messages.get({new_id}) || {{}}).length > 0", timeout=REPLY_TIMEOUT_MS
     )
     if page.is_visible("#stop-button"):  # (unless the demo model already ended it)
         page.click("#stop-button")
@@ -210,7 +208,7 @@ def test_chat_flow(page, embedded_server):
     # Dark theme: the page's colours change, and the choice survives a reload.
     light = background(page)
     page.click("#theme-toggle")
-    page.wait_for_function(f"() => getComputedStyle(document.body).backgroundColor !== {json.dumps(light)}")
+    wait_until(page, f"() => getComputedStyle(document.body).backgroundColor !== {json.dumps(light)}")
     dark = background(page)
     assert page.evaluate("localStorage.getItem('grokweb-theme')") == "dark"
     page.reload()
@@ -221,13 +219,13 @@ def test_chat_flow(page, embedded_server):
     # A phone-sized screen: the sidebar hides behind a button.
     page.set_viewport_size({"width": 390, "height": 780})
     # (waited for: the sidebar slides out with a short transition)
-    page.wait_for_function("document.getElementById('sidebar').getBoundingClientRect().right <= 0")
+    wait_until(page, "document.getElementById('sidebar').getBoundingClientRect().right <= 0")
     assert page.is_visible("#sidebar-open")
     page.click("#sidebar-open")
-    page.wait_for_function("document.getElementById('sidebar').getBoundingClientRect().left >= 0")
+    wait_until(page, "document.getElementById('sidebar').getBoundingClientRect().left >= 0")
     page.screenshot(path=str(ARTIFACTS / "chat-phone-sidebar.png"))
     page.keyboard.press("Escape")
-    page.wait_for_function("document.getElementById('sidebar').getBoundingClientRect().right <= 0")
+    wait_until(page, "document.getElementById('sidebar').getBoundingClientRect().right <= 0")
     page.screenshot(path=str(ARTIFACTS / "chat-phone.png"))
 
     # Rename and delete from the sidebar (POSTs with the CSRF token).
@@ -237,7 +235,7 @@ def test_chat_flow(page, embedded_server):
     item.locator('[data-action="rename"]').click()
     page.fill(".rename-input", "Pelican notes")
     page.press(".rename-input", "Enter")
-    page.wait_for_function("document.getElementById('conversation-title').textContent === 'Pelican notes'")
+    wait_until(page, "document.getElementById('conversation-title').textContent === 'Pelican notes'")
     page.reload()
     assert item.locator(".conversation-link").inner_text() == "Pelican notes"
     page.once("dialog", lambda dialog: dialog.accept())
@@ -420,7 +418,7 @@ def sent(page, kind: str) -> list[dict]:
 def test_protocol_client(page):
     page.add_init_script(FAKE_SOCKET)
     sign_up(page)
-    page.wait_for_function("window.__sockets.length === 1 && window.__sockets[0].readyState === 1")
+    wait_until(page, "window.__sockets.length === 1 && window.__sockets[0].readyState === 1")
     assert page.evaluate("window.__sockets[0].url").endswith("/ws/chat/")
     box = page.locator("#composer-input")
 
@@ -467,8 +465,7 @@ def test_protocol_client(page):
     page.evaluate("__serve({type: 'delta', message_id: 101, offset: 50, text: 'zzz'})")
     assert sent(page, "resume")[-1] == {"type": "resume", "message_id": 101, "offset": 11}
     assert reply_state(page, 101)["content"] == "Hello \U0001F600 wor"
-    page.wait_for_function(
-        "document.querySelector('.message[data-id=\"101\"] .message-body').textContent.includes('wor')"
+    wait_until(page, "document.querySelector('.message[data-id=\"101\"] .message-body').textContent.includes('wor')"
     )
 
     # Esc asks to stop the active reply; `done` carries the saved text, which wins.
@@ -498,8 +495,8 @@ def test_protocol_client(page):
     # A dropped socket reconnects and resumes the active reply from the length shown.
     page.evaluate("window.__sockets.at(-1).drop(1006)")
     page.wait_for_selector("#connection:not([hidden])")
-    page.wait_for_function("window.__sockets.length === 2 && window.__sockets[1].readyState === 1", timeout=20_000)
-    page.wait_for_function("window.__sent.filter(f => f.type === 'resume').length === 2")
+    wait_until(page, "window.__sockets.length === 2 && window.__sockets[1].readyState === 1", timeout=20_000)
+    wait_until(page, "window.__sent.filter(f => f.type === 'resume').length === 2")
     assert sent(page, "resume")[-1] == {"type": "resume", "message_id": 102, "offset": 3}
     page.evaluate("__serve({type: 'delta', message_id: 102, offset: 0, text: 'abcdef'})")
     page.evaluate(
@@ -531,3 +528,15 @@ def test_protocol_client(page):
     assert page.inner_text('.message[data-id="100"] .message-body') == "hello again"
     assert page.locator(".message-editor").count() == 0
     assert [m for m in page.locator(".message").evaluate_all("els => els.map(e => e.dataset.id)")] == ["100", "103"]
+
+
+def test_the_csp_refuses_a_script_that_got_into_the_page(page):
+    """Whatever got past the sanitiser could not run: an inline script is refused (and reported)."""
+    sign_up(page)
+    page.evaluate(
+        "document.body.append(Object.assign(document.createElement('script'), {textContent: 'window.__ran = 1'}))"
+    )
+    page.wait_for_timeout(200)
+    assert page.evaluate("window.__ran") is None
+    assert any("script-src" in violation for violation in page.csp_violations), page.csp_violations
+    page.csp_violations.clear()  # the one expected

@@ -8,7 +8,6 @@ import threading
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.test import Client
 
 from chat import jobs
 from chat.models import Message, UsageEntry, User
@@ -16,7 +15,7 @@ from chat.publisher import Publisher
 from chat.serving import serve
 from grokweb.asgi import application
 
-ORIGIN = (b"origin", b"http://127.0.0.1")
+ORIGIN = (b"origin", b"http://127.0.0.1:8000")  # the dev server, a default public origin
 TIMEOUT = 10
 
 
@@ -29,24 +28,6 @@ def fresh_queue_and_layer(settings):
     jobs._queue_for.cache_clear()
     yield
     jobs._queue_for.cache_clear()
-
-
-@pytest.fixture
-def committed_db(transactional_db, django_db_serialized_rollback):
-    """Committed data, as the worker thread and the consumer's threads read it; the personas the
-    migrations seeded come back after each test's flush."""
-
-
-@pytest.fixture
-def login(committed_db, user_factory):
-    """login("ann") -> the cookie header of a logged-in session for a new user ann."""
-
-    def make(username):
-        client = Client()
-        client.force_login(user_factory(username))
-        return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
-
-    return make
 
 
 @pytest.fixture
@@ -65,8 +46,10 @@ async def worker(engine):
     assert not thread.is_alive()
 
 
-async def connect(*headers):
-    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=list(headers))
+async def connect(cookie: str | None = None):
+    """A socket from the page's own origin, logged in if `cookie` (a `login` fixture's) is given."""
+    headers = [ORIGIN, (b"cookie", cookie.encode())] if cookie else [ORIGIN]
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
     connected, _ = await communicator.connect()
     assert connected
     return communicator
@@ -101,14 +84,14 @@ def deltas_text(frames, message_id):
 
 
 async def test_anonymous_socket_is_closed_with_4401(committed_db):
-    communicator = await connect(ORIGIN)
+    communicator = await connect()
     assert await communicator.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4401}
 
 
 async def test_foreign_origin_is_refused(login):
     cookie = await database_sync_to_async(login)("ann")
     communicator = WebsocketCommunicator(
-        application, "/ws/chat/", headers=[(b"origin", b"https://evil.example"), cookie]
+        application, "/ws/chat/", headers=[(b"origin", b"https://evil.example"), (b"cookie", cookie.encode())]
     )
     connected, _ = await communicator.connect()
     assert not connected
@@ -118,7 +101,7 @@ async def test_foreign_origin_is_refused(login):
 
 
 async def test_bad_frames_get_error_frames_and_the_socket_stays_open(login):
-    communicator = await connect(ORIGIN, await database_sync_to_async(login)("ann"))
+    communicator = await connect(await database_sync_to_async(login)("ann"))
     cases = [
         ("{nope", "bad_json"),
         ("[1, 2]", "bad_frame"),
@@ -134,6 +117,9 @@ async def test_bad_frames_get_error_frames_and_the_socket_stays_open(login):
         ({"type": "send", "conversation_id": None, "content": "   "}, "bad_frame"),
         ({"type": "send", "conversation_id": None, "content": "x" * 20000}, "too_large"),
         (json.dumps({"type": "send", "content": "é" * 40000}), "too_large"),  # 80 KB in 40 k chars
+        ("[" * 2000, "bad_json"),  # deeper than the parser could recurse
+        ('{"type": "send", "conversation_id": null, "content": "a\\u0000"}', "bad_text"),
+        ('{"type": "send", "conversation_id": null, "content": "\\ud800"}', "bad_text"),
     ]
     for frame, code in cases:
         answer = await ask(communicator, frame)
@@ -155,7 +141,7 @@ async def test_other_users_conversations_and_replies_are_not_found(login, conver
         return bob_cookie, conversation.id, conversation.messages.last().id
 
     bob_cookie, conversation_id, reply_id = await database_sync_to_async(setup)()
-    communicator = await connect(ORIGIN, bob_cookie)
+    communicator = await connect(bob_cookie)
     frames = [
         {"type": "send", "conversation_id": conversation_id, "content": "mine now", "client_id": "x"},
         {"type": "regenerate", "conversation_id": conversation_id},
@@ -175,7 +161,7 @@ async def test_other_users_conversations_and_replies_are_not_found(login, conver
 
 
 async def test_a_reply_streams_as_deltas_then_done(login, worker):
-    communicator = await connect(ORIGIN, await database_sync_to_async(login)("ann"))
+    communicator = await connect(await database_sync_to_async(login)("ann"))
     accepted = await ask(
         communicator, {"type": "send", "conversation_id": None, "content": "Hello there", "client_id": "c1"}
     )
@@ -208,7 +194,7 @@ async def test_a_reply_streams_as_deltas_then_done(login, worker):
 
 
 async def test_regenerate_and_edit_queue_new_replies(login, worker):
-    communicator = await connect(ORIGIN, await database_sync_to_async(login)("ann"))
+    communicator = await connect(await database_sync_to_async(login)("ann"))
     accepted = await ask(communicator, {"type": "send", "conversation_id": None, "content": "First"})
     conversation_id, message_id = accepted["conversation_id"], accepted["user_message"]["id"]
     await until_done(communicator, accepted["assistant_message"]["id"])
@@ -233,7 +219,7 @@ async def test_regenerate_and_edit_queue_new_replies(login, worker):
 async def test_stop_ends_a_reply_promptly_and_keeps_its_text(login, worker, settings):
     settings.GROK_MAX_NEW_TOKENS = 200
     settings.GROK_TEMPERATURE = 0  # greedy: the demo model's greedy replies run to their length
-    communicator = await connect(ORIGIN, await database_sync_to_async(login)("ann"))
+    communicator = await connect(await database_sync_to_async(login)("ann"))
     accepted = await ask(communicator, {"type": "send", "conversation_id": None, "content": "Go on"})
     reply_id = accepted["assistant_message"]["id"]
     frames = [await communicator.receive_json_from(TIMEOUT)]
@@ -251,7 +237,7 @@ async def test_stop_ends_a_reply_promptly_and_keeps_its_text(login, worker, sett
 
 async def test_stopping_a_queued_reply_answers_done_at_once(login):
     """No worker here: the reply stays queued until stopped; nobody else would say `done`."""
-    communicator = await connect(ORIGIN, await database_sync_to_async(login)("ann"))
+    communicator = await connect(await database_sync_to_async(login)("ann"))
     accepted = await ask(communicator, {"type": "send", "conversation_id": None, "content": "Hi"})
     reply_id = accepted["assistant_message"]["id"]
     done = await ask(communicator, {"type": "stop", "message_id": reply_id})
@@ -264,7 +250,7 @@ async def test_stopping_a_queued_reply_answers_done_at_once(login):
 async def test_resume_mid_reply_has_no_gap_and_no_repeat(login, worker, settings):
     settings.GROK_MAX_NEW_TOKENS = 120
     cookie = await database_sync_to_async(login)("ann")
-    first = await connect(ORIGIN, cookie)
+    first = await connect(cookie)
     accepted = await ask(first, {"type": "send", "conversation_id": None, "content": "Tell me"})
     reply_id = accepted["assistant_message"]["id"]
     shown = ""
@@ -275,7 +261,7 @@ async def test_resume_mid_reply_has_no_gap_and_no_repeat(login, worker, settings
     await first.disconnect()  # ...and goes away mid-reply
 
     # A page that shows only part of what was written asks for the rest.
-    second = await connect(ORIGIN, cookie)
+    second = await connect(cookie)
     offset = len(shown) // 2
     await second.send_json_to({"type": "resume", "message_id": reply_id, "offset": offset})
     frames = await until_done(second, reply_id)
@@ -296,7 +282,7 @@ async def test_resume_mid_reply_has_no_gap_and_no_repeat(login, worker, settings
 
 async def test_concurrent_replies_are_batched_and_each_complete(login, worker, engine):
     # One user each: the Free plan writes one reply at a time per user.
-    pages = [await connect(ORIGIN, await database_sync_to_async(login)(f"u{i}")) for i in range(len(engine.slots) + 1)]
+    pages = [await connect(await database_sync_to_async(login)(f"u{i}")) for i in range(len(engine.slots) + 1)]
     ids = []
     for i, page in enumerate(pages):
         accepted = await ask(page, {"type": "send", "conversation_id": None, "content": f"Hi {i}"})
@@ -312,9 +298,9 @@ async def test_concurrent_replies_are_batched_and_each_complete(login, worker, e
 async def test_a_full_queue_is_busy_and_keeps_the_message(login, settings):
     settings.GROK_MAX_QUEUE = 1
     jobs._queue_for.cache_clear()
-    ann = await connect(ORIGIN, await database_sync_to_async(login)("ann"))
+    ann = await connect(await database_sync_to_async(login)("ann"))
     assert (await ask(ann, {"type": "send", "conversation_id": None, "content": "one"}))["type"] == "accepted"
-    communicator = await connect(ORIGIN, await database_sync_to_async(login)("bob"))
+    communicator = await connect(await database_sync_to_async(login)("bob"))
     refused = await ask(communicator, {"type": "send", "conversation_id": None, "content": "two", "client_id": "c2"})
     assert refused["code"] == "busy" and refused["client_id"] == "c2"
     reply = await database_sync_to_async(Message.objects.select_related("conversation").get)(pk=refused["message_id"])
@@ -327,7 +313,7 @@ async def test_a_full_queue_is_busy_and_keeps_the_message(login, settings):
 async def test_unreachable_redis_is_unavailable_and_keeps_the_message(login, settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     jobs._queue_for.cache_clear()
-    communicator = await connect(ORIGIN, await database_sync_to_async(login)("ann"))
+    communicator = await connect(await database_sync_to_async(login)("ann"))
     refused = await ask(communicator, {"type": "send", "conversation_id": None, "content": "hello"})
     assert refused["type"] == "error" and refused["code"] == "unavailable"
     reply = await database_sync_to_async(Message.objects.get)(pk=refused["message_id"])
@@ -336,3 +322,71 @@ async def test_unreachable_redis_is_unavailable_and_keeps_the_message(login, set
         Message.objects.filter(conversation_id=refused["conversation_id"], role="user", content="hello").exists
     )()
     await communicator.disconnect()
+
+
+# -- origins and the end of a session -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [b"http://127.0.0.1:9999", b"https://127.0.0.1:8000", b"https://localhost", b"http://127.0.0.1", b"null"],
+)
+async def test_only_an_exact_public_origin_may_open_a_socket(login, origin):
+    """Scheme, host and port all count, as browsers define an origin: the defaults allow the
+    dev server's http://127.0.0.1:8000 and http://localhost:8000 only."""
+    cookie = (b"cookie", (await database_sync_to_async(login)("ann")).encode())
+    refused = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", origin), cookie])
+    assert not (await refused.connect())[0]
+    allowed = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", b"http://localhost:8000"), cookie])
+    assert (await allowed.connect())[0]
+    await allowed.disconnect()
+
+
+def _session(cookie: str):
+    from django.contrib.sessions.models import Session
+
+    return Session.objects.get(session_key=cookie.removeprefix("sessionid="))
+
+
+def _log_out(cookie: str, user: User) -> None:
+    from django.test import Client
+
+    client = Client()
+    client.cookies["sessionid"] = cookie.removeprefix("sessionid=")
+    assert client.post("/accounts/logout/").status_code == 302
+
+
+def _new_password(cookie: str, user: User) -> None:
+    user.set_password("another-Strong-pass-43")
+    user.save()
+
+
+def _deactivate(cookie: str, user: User) -> None:
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+
+
+@pytest.mark.parametrize("end", [_log_out, _new_password, _deactivate])
+async def test_a_socket_is_closed_as_soon_as_its_session_ends(login, end):
+    """No frame needed: the user's group hears of it (chat.sessions) and the socket closes
+    with 4401; what the page sends after is ignored."""
+    cookie = await database_sync_to_async(login)("ann")
+    communicator = await connect(cookie)
+    assert (await ask(communicator, {"type": "ping"}))["type"] == "pong"
+    ann = await database_sync_to_async(User.objects.get)(username="ann")
+    await database_sync_to_async(end)(cookie, ann)
+    assert await communicator.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4401}
+    await communicator.send_to(text_data=json.dumps({"type": "send", "conversation_id": None, "content": "hi"}))
+    assert await communicator.receive_nothing(0.5)
+    assert not await database_sync_to_async(Message.objects.exists)()
+
+
+async def test_a_frame_finds_a_session_ended_unheard(login):
+    """A session deleted without a word (as another process would whose event Redis lost) is
+    found by the next frame, which is not acted on."""
+    cookie = await database_sync_to_async(login)("ann")
+    communicator = await connect(cookie)
+    await database_sync_to_async(lambda: _session(cookie).delete())()
+    await communicator.send_to(text_data=json.dumps({"type": "send", "conversation_id": None, "content": "hi"}))
+    assert await communicator.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4401}
+    assert not await database_sync_to_async(Message.objects.exists)()

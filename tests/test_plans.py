@@ -13,9 +13,11 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import actions, plans
+from chat import actions, jobs, plans
 from chat.errors import ChatError
 from chat.models import Message, Plan, Subscription, UsageEntry
+from chat.replies import do_start_reply
+from tests.test_prompts import CharTokenizer
 
 pytestmark = pytest.mark.django_db
 
@@ -194,7 +196,7 @@ def test_replies_still_running_count_against_the_day_and_the_concurrency(ann, jo
 
     assert "writes 1 reply at a time" in error.message
     assert error.extra["resets_at"] is None
-    assert plans.usage_today(ann) == plans.Usage(messages=1, tokens=0, running=1)
+    assert plans.usage_today(ann) == plans.Usage(messages=1, tokens=0, running=1, reserved=4096)
 
 
 # --- races between sockets (each thread its own PostgreSQL connection) --------------------------
@@ -268,6 +270,41 @@ def test_simultaneous_sends_cannot_exceed_the_concurrent_replies(ann, job_calls,
     assert running.count() == 2
 
 
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_simultaneous_sends_cannot_overshoot_the_days_tokens(ann, job_calls, slow_count):
+    """Each reply holds the most it can be charged (its context: prompt and reply) from its
+    admission: 3,000 + 3,000 + 3,000 + the last 1,000 of 10,000, whatever the replies turn out to use."""
+    set_limits(tokens_per_day=10_000, context_len=3000, max_concurrent=RACERS)
+
+    results = race(RACERS, lambda: send(ann, "racing"))
+
+    passed = [r for r in results if isinstance(r, tuple)]
+    errors = [r for r in results if not isinstance(r, tuple)]
+    assert len(passed) == 4
+    assert all(isinstance(e, ChatError) and e.code == "quota" for e in errors), errors
+    assert all(e.extra["resets_at"] is None for e in errors)  # what running replies leave comes back
+    held = sorted(reply.reserved_tokens for _, reply in passed)
+    assert held == [1000, 3000, 3000, 3000]
+    assert plans.plan_status(ann)["tokens_left"] == 0
+    # The worker keeps each reply within what it holds: its prompt and reply in 1,000 tokens.
+    _, last = next(r for r in passed if r[1].reserved_tokens == 1000)
+    started = do_start_reply(jobs.Job(last.pk, ""), CharTokenizer(), context_len=8192, model_name="tiny")
+    assert len(started.prompt_ids) + started.sampling["max_new_tokens"] <= 1000
+    # Settled at its end: what it used comes back to the day.
+    finish(Message.objects.get(pk=last.pk), prompt_tokens=300, completion_tokens=200)
+    assert plans.plan_status(ann)["tokens_left"] == 500
+    assert isinstance(send(ann, "one more"), tuple)
+
+
+def test_a_reply_holding_too_few_tokens_for_its_prompt_fails_with_quota(ann, job_calls):
+    set_limits(tokens_per_day=40)
+    _, reply = send(ann, "a message longer than what is left of the day's forty tokens")
+    assert reply.reserved_tokens == 40
+    with pytest.raises(ChatError) as raised:
+        do_start_reply(jobs.Job(reply.pk, ""), CharTokenizer(), context_len=8192, model_name="tiny")
+    assert raised.value.code == "quota" and "Only 40 of today's tokens are left" in raised.value.message
+
+
 # --- subscriptions lapse to Free, history kept -----------------------------------------------
 
 
@@ -275,7 +312,7 @@ def test_simultaneous_sends_cannot_exceed_the_concurrent_replies(ann, job_calls,
     "lapse",
     [
         {"status": Subscription.Status.PAST_DUE},
-        {"status": Subscription.Status.CANCELED},
+        {"status": Subscription.Status.CANCELLED},
         {"current_period_end": dt.datetime(2020, 1, 1, tzinfo=UTC)},  # still "active", but over
     ],
 )

@@ -3,6 +3,7 @@
 Daphne and `manage.py run_inference_worker` run as subprocesses with the production settings,
 on the pytest-django test database (committed data: both see it) and a Redis database of their
 own (GROKWEB_TEST_REDIS_URL, flushed before and after). A real websocket client talks to Daphne.
+The queue alone is tests/test_jobs.py's.
 """
 
 import asyncio
@@ -19,90 +20,7 @@ from channels.db import database_sync_to_async
 
 from chat import jobs
 from chat.models import Message, UsageEntry
-from tests.stack import ROOT, TEST_REDIS_URL, Stack, delta_text, receive, send_and_collect
-
-
-@pytest.fixture
-def redis_settings(settings, redis_db):
-    settings.REDIS_URL = TEST_REDIS_URL
-    jobs._queue_for.cache_clear()
-    yield
-    jobs._queue_for.cache_clear()
-
-
-# -- the queue alone --------------------------------------------------------------------------
-
-
-@pytest.mark.production
-def test_redis_queue_takes_acks_and_cancels(redis_db):
-    queue = jobs.RedisQueue(TEST_REDIS_URL, max_length=2)
-    assert queue.take(4, 0) == []  # creates the group; nothing yet
-    queue.put(11)
-    queue.put(12)
-    with pytest.raises(jobs.QueueFull):
-        queue.put(13)
-    first, second = queue.take(4, 0.05)
-    assert (first.message_id, second.message_id) == (11, 12)
-    # Taken but not acknowledged: pending, and still counted against the bound.
-    assert redis_db.xpending(jobs.STREAM, jobs.GROUP)["pending"] == 2
-    with pytest.raises(jobs.QueueFull):
-        queue.put(13)
-    queue.cancel(12)
-    assert queue.cancelled([11, 12]) == {12}
-    queue.ack(first)
-    queue.ack(second)
-    assert redis_db.xlen(jobs.STREAM) == 0
-    assert redis_db.xpending(jobs.STREAM, jobs.GROUP)["pending"] == 0
-    assert queue.cancelled([12]) == set()  # acknowledging clears the cancel
-    # Another worker sees only what nobody took; a deleted stream is recreated on the fly.
-    redis_db.delete(jobs.STREAM)
-    queue.put(14)
-    other = jobs.RedisQueue(TEST_REDIS_URL, max_length=2)
-    other.consumer = "other"
-    assert [j.message_id for j in queue.take(1, 0.05)] == [14]
-    assert other.take(1, 0.05) == []
-
-
-@pytest.mark.production
-def test_the_backlog_is_what_no_worker_took_oldest_first(redis_db):
-    for queue in (jobs.LocalQueue(8), jobs.RedisQueue(TEST_REDIS_URL, max_length=8)):
-        assert queue.waiting(10, 0) == (0, [])  # for Redis: no stream yet
-        for message_id in (1, 2, 3, 4):
-            queue.put(message_id)
-        assert [j.message_id for j in queue.take(1, 0.05)] == [1]
-        assert queue.waiting(10, 0) == (0, [2, 3, 4]) and queue.waiting(2, 0) == (0, [2, 3])
-
-
-@pytest.mark.production
-def test_workers_learn_how_many_replies_the_others_hold_and_one_tells_the_backlog(redis_db):
-    ann, bob = jobs.RedisQueue(TEST_REDIS_URL, 8), jobs.RedisQueue(TEST_REDIS_URL, 8)
-    ann.consumer, bob.consumer = "ann", "bob"
-    redis_db.hset(jobs.WAITING, "aaron", "7 1000.0")  # a worker silent since 1970: gone
-    ann.put(5)
-    ann.put(6)
-    assert ann.take(1, 0.05)[0].message_id == 5
-    assert ann.waiting(10, 3) == (0, [6])
-    assert bob.waiting(10, 2) == (3, [])  # ann, the least name alive, tells the backlog
-    assert ann.waiting(10, 1) == (2, [6])
-    assert set(redis_db.hkeys(jobs.WAITING)) == {"ann", "bob"}
-
-
-@pytest.mark.production
-def test_enqueue_with_a_full_redis_queue_is_busy_and_marks_the_reply_failed(
-    committed_db, redis_settings, settings, user_factory, conversation_factory
-):
-    settings.GROK_MAX_QUEUE = 0
-    conversation = conversation_factory(user_factory("ann"), [("user", "hi")])
-    reply = conversation.messages.create(role="assistant", status="queued")
-    with pytest.raises(jobs.ChatError) as refused:
-        jobs.enqueue(reply.id)
-    assert refused.value.code == "busy"
-    assert refused.value.extra == {"message_id": reply.id, "conversation_id": conversation.id}
-    reply.refresh_from_db()
-    assert reply.status == "failed" and reply.error
-
-
-# -- the whole stack --------------------------------------------------------------------------
+from tests.stack import ROOT, Stack, delta_text, receive, send_and_collect, ws_connect
 
 
 def get_reply(reply_id: int) -> Message:
@@ -199,3 +117,43 @@ print(client.cookies["sessionid"].value)
 async def _one_reply(s: Stack, cookie: str) -> tuple[int, list[dict]]:
     async with s.socket(cookie) as ws:
         return await send_and_collect(ws, "Hello embedded")
+
+
+NEW_SESSION = """
+import json, os
+data = json.loads(os.environ["GW_DATA"])
+from django.contrib.auth import get_user_model
+from django.test import Client
+client = Client()
+client.force_login(get_user_model().objects.create_user(data["username"], password="a-Strong-pass-42"))
+print(client.cookies["sessionid"].value)
+"""
+
+
+def test_daphne_answers_huge_and_non_utf8_frames_and_keeps_the_socket(embedded_server):
+    """Past Daphne's own limit (1 MiB), and for text that is not UTF-8, Daphne would drop the
+    connection: the page gets the protocol's `error` frame instead (grokweb/websocket_protocol.py)."""
+    session = embedded_server.shell(NEW_SESSION, username="frames").splitlines()[-1]
+    port = embedded_server.url.rsplit(":", 1)[1]
+
+    async def talk() -> list[dict]:
+        async with ws_connect(
+            f"ws://127.0.0.1:{port}/ws/chat/", origin=embedded_server.url,
+            additional_headers={"Cookie": f"sessionid={session}"}, max_size=None,
+        ) as ws:
+            frames = []
+            for frame in [
+                "x" * (100 * 1024),  # over our 64 KiB: the consumer refuses it
+                json.dumps({"type": "ping", "pad": "x" * (2 * 1024 * 1024)}),  # over Daphne's 1 MiB
+                b'{"type": "ping", "pad": "\xff\xfe"}',  # a text frame that is not UTF-8
+            ]:
+                await ws.send(frame, text=True)
+                frames.append(await receive(ws))
+            await ws.send(json.dumps({"type": "ping"}))
+            frames.append(await receive(ws))
+            return frames
+
+    frames = asyncio.run(talk())
+    assert [(f["type"], f.get("code")) for f in frames] == [
+        ("error", "too_large"), ("error", "too_large"), ("error", "bad_json"), ("pong", None),
+    ]

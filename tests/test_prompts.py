@@ -130,3 +130,24 @@ def test_with_the_real_tokenizer_the_ids_are_the_whole_transcript_and_fit(grok_t
     assert len(prompt.ids) <= budget
     assert prompt.ids[0] != grok_tokenizer.bos_id  # no BOS, as the reference
     assert grok_tokenizer.decode(prompt.ids) == "A chat with Grok.\n\nUser: Please?\n\nGrok:"
+
+
+def test_a_growing_chat_keeps_its_prompt_prefix_and_drops_turns_rarely():
+    """Each turn's prompt is the previous one plus the reply and the new message, byte for byte,
+    except when turns are dropped: then at least half the room is freed at once, so that happens
+    once in several turns, not at every turn as soon as the context is full."""
+    budget, turns, prompts = 300, [], []
+    for n in range(40):
+        turns.append(("user", f"message number {n}"))
+        prompt = build_prompt(SYSTEM, turns, TOK, context_len=budget + 20, max_new_tokens=20)
+        assert len(prompt.ids) <= budget
+        prompts.append(prompt)
+        turns.append(("assistant", f"reply {n}, a little longer than that"))
+
+    breaks = [n for n in range(1, 40) if not text_of(prompts[n]).startswith(text_of(prompts[n - 1]))]
+    first_drop = next(n for n, p in enumerate(prompts) if p.dropped_turns)
+    assert breaks and breaks[0] == first_drop  # the prefix holds until turns must go
+    assert len(breaks) <= (40 - first_drop) // 3  # each exchange is ~60 tokens: a drop frees ~2.5 of them
+    for n in breaks:  # a drop frees at least half the room (the system prompt aside)
+        assert len(prompts[n].ids) <= budget - (budget - len(SYSTEM)) // 2 + 70
+        assert prompts[n].dropped_turns > prompts[n - 1].dropped_turns

@@ -1,56 +1,27 @@
-"""Recovery and bounds: jobs of dead workers claimed, heartbeats, the retry limit, a reply
-continued after its saved text, the embedded worker's start, the server's cap on new tokens;
-then faults on the real stack, fast: a worker killed mid-reply, Redis restarted mid-reply (the
-benches' scenarios, bench/fault_*.py; these check what they report)."""
+"""Recovery and bounds: the retry limit, a reply continued after its saved text, the embedded
+worker's start, the server's cap on new tokens; then faults on the real stack, fast: a worker
+killed mid-reply, Redis restarted mid-reply (tests/faults.py's scenarios, which the benches
+bench/fault_*.py also run; these check what they report). Claiming a dead worker's jobs and
+heartbeats are the queue's: tests/test_jobs.py."""
 
 import asyncio
-import time
 
 import pytest
 from channels.db import database_sync_to_async
 
-from bench.fault_kill_worker import CLAIM_SECONDS, kill_worker_mid_reply
-from bench.fault_restart_redis import restart_redis_mid_reply
 from chat import jobs
-from chat.models import Message
 from chat.bridge import Bridge
+from chat.models import Message
 from chat.replies import do_recover_replies
 from inference.loop import Update
+from tests.faults import CLAIM_SECONDS, kill_worker_mid_reply, restart_redis_mid_reply
 
 
 def saved(reply_id: int) -> Message:
     return Message.objects.get(pk=reply_id)
 
 
-# -- the queue and the worker's side, without the stack -------------------------------------------
-
-
-@pytest.mark.production
-def test_a_silent_workers_jobs_are_claimed_with_their_attempt_and_a_beating_ones_are_not(private_redis):
-    alive, dead, other = (jobs.RedisQueue(private_redis.url, 8, claim_seconds=0.3) for _ in range(3))
-    alive.consumer, dead.consumer, other.consumer = "alive", "dead", "other"
-    alive.take(1, 0)  # makes the group
-    alive.put(1)
-    dead.put(2)
-    (held,) = alive.take(1, 0.05)
-    (lost,) = dead.take(1, 0.05)
-    for _ in range(4):  # alive beats every 0.1 s; dead is silent
-        time.sleep(0.1)
-        alive.heartbeat([held])
-    claimed = other.take(4, 0.05)
-    assert [(j.message_id, j.attempt) for j in claimed] == [(2, 2)] and claimed[0].token == lost.token
-    assert other.take(4, 0.05) == []  # just claimed: idle again only after the claim time
-    time.sleep(0.4)
-    assert [(j.message_id, j.attempt) for j in other.take(4, 0.05)] == [(1, 2), (2, 3)]
-
-
-@pytest.mark.production
-def test_a_stream_made_afresh_gets_the_replies_the_database_has_queued(private_redis):
-    queue = jobs.RedisQueue(private_redis.url, 8, refill=lambda: [7, 8])
-    assert [j.message_id for j in queue.take(4, 0.05)] == [7, 8]
-    queue.redis.flushdb()  # Redis came back empty
-    queue.put(9)
-    assert [j.message_id for j in queue.take(4, 0.05)] == [9, 7, 8]
+# -- the worker's side, without the stack -------------------------------------------------------
 
 
 class Taken:
@@ -87,7 +58,9 @@ def test_a_taken_over_reply_continues_after_its_saved_text(
     assert request.params.max_new_tokens == 40 - len(written) and request.params.seed == 3
     bridge.deliver([Update(request.id, " there was", "stop", "", 30, 2, 0.1, 1.0)])
     reply.refresh_from_db()
-    assert (reply.status, reply.content, reply.completion_tokens) == ("done", "Once upon a time there was", 7)
+    # The saved text's tokens are charged once: in the completion, not again in the prompt.
+    assert (reply.status, reply.content) == ("done", "Once upon a time there was")
+    assert (reply.prompt_tokens, reply.completion_tokens) == (30 - len(written), len(written) + 2)
     delta = next(event for _, event in sent if event["type"] == "reply.delta")
     assert (delta["offset"], delta["text"]) == (len("Once upon a time"), " there was")
 

@@ -29,6 +29,7 @@ def chat(ann, conversation_factory):
         generation={"temperature": 0.8, "top_p": 0.95, "seed": 7, "max_new_tokens": 512},
         prompt_tokens=40,
         completion_tokens=12,
+        cached_tokens=31,
         time_to_first_token=0.25,
         duration=1.5,
     )
@@ -279,7 +280,7 @@ def test_the_page_shows_the_transcript_raw_for_the_shared_sanitiser(reviewer, ch
     assert 'data-grok-markdown="Look: &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;' in html
     assert "How do I feed a sourdough starter?" in html
     details = [
-        "grok-1-tiny", "Regular v1", "seed=7", "max_new_tokens=512", "40 prompt + 12 completion",
+        "grok-1-tiny", "Regular v1", "seed=7", "max_new_tokens=512", "40 prompt + 12 completion; 31 prompt tokens from the prefix cache",
         "0.25 s", "1.50 s", "Spooky",
     ]
     for detail in details:
@@ -369,3 +370,55 @@ def test_export_needs_the_export_permission(user_factory, chat):
         admin_url("conversation_changelist"), {"action": "export_jsonl", "_selected_action": [chat.id]}
     )
     assert response.get("Content-Type") != "application/x-ndjson"  # the admin refuses the action
+
+
+# --- every admin path that shows what was said leaves a trace -------------------------------
+
+
+def views_of(viewer) -> list[int]:
+    return sorted(ConversationView.objects.filter(viewer=viewer).values_list("conversation_id", flat=True))
+
+
+def test_message_pages_searches_and_exports_record_who_saw_which_conversation(
+    reviewer, ann, chat, conversation_factory
+):
+    other = conversation_factory(ann, [("user", "Plans for the weekend")], title="Weekend")
+    client = logged_in(reviewer)
+    assert client.get(admin_url("conversation_changelist")).status_code == 200  # titles only
+    assert views_of(reviewer) == []
+
+    response = client.get(admin_url("message_change", reply_of(chat).id))
+    assert response.status_code == 200 and "sourdough" not in str(reply_of(chat))
+    assert views_of(reviewer) == [chat.id]
+
+    response = client.get(admin_url("message_changelist"), {"q": "weekend"})
+    assert [m.conversation_id for m in response.context["cl"].result_list] == [other.id]
+    assert views_of(reviewer) == [chat.id, other.id]
+
+    ConversationView.objects.all().delete()
+    response = client.get(admin_url("conversation_changelist"), {"q": "sourdough"})  # message text
+    assert [c.id for c in response.context["cl"].result_list] == [chat.id]
+    assert views_of(reviewer) == [chat.id]
+
+    ConversationView.objects.all().delete()
+    response = client.post(
+        admin_url("conversation_changelist"),
+        {"action": "export_jsonl", "_selected_action": [chat.id, other.id]},
+    )
+    assert len(b"".join(response.streaming_content).splitlines()) == 2
+    assert views_of(reviewer) == [chat.id, other.id]
+
+    ConversationView.objects.all().delete()
+    Feedback.objects.create(user=ann, message=reply_of(chat), rating="down")
+    for name in ("feedback_changelist", "usageentry_changelist"):  # they name messages, not their text
+        response = logged_in(reviewer).get(admin_url(name))
+        assert response.status_code in (200, 403) and b"Look: " not in response.content
+    assert views_of(reviewer) == []
+
+
+def test_people_are_told_that_staff_may_review_conversations(client, ann):
+    notice = b"Staff may read your conversations"
+    assert notice in client.get(reverse("signup")).content
+    client.force_login(ann)
+    assert notice in client.get(reverse("api_keys")).content
+    assert notice in client.get(reverse("settings")).content

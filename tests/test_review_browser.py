@@ -3,7 +3,7 @@ its messages, and reads its reply rendered by the chat page's sanitiser, inert."
 
 import pytest
 
-from tests.browser import ARTIFACTS, chromium
+from tests.browser import ARTIFACTS, chromium, csp_violations
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -36,6 +36,7 @@ def test_a_reviewer_finds_a_conversation_by_a_word_in_a_message(live_server, con
         page.set_default_timeout(30_000)
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        violations = csp_violations(page)
         page.goto("/admin/")
         page.fill("#id_username", "rita")
         page.fill("#id_password", PASSWORD)
@@ -57,5 +58,6 @@ def test_a_reviewer_finds_a_conversation_by_a_word_in_a_message(live_server, con
         assert reply.locator("img").count() == 0
         assert page.evaluate("window.__pwned") is None
         assert not errors, errors
+        assert not violations, violations  # the login, the list and the review page
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "admin-review.png"), full_page=True)

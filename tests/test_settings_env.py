@@ -3,7 +3,7 @@
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from grokweb.settings.env import env_bool, env_float, env_int, env_list, env_str
+from grokweb.settings.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 
 
 def test_values_and_defaults(monkeypatch):
@@ -28,3 +28,13 @@ def test_malformed_values_stop_the_start_with_their_name(monkeypatch, read, valu
     monkeypatch.setenv("GROKWEB_X_BAD", value)
     with pytest.raises(ImproperlyConfigured, match="GROKWEB_X_BAD"):
         read("GROKWEB_X_BAD")
+
+
+def test_a_choice_is_one_of_its_values_and_the_first_by_default(monkeypatch):
+    monkeypatch.setenv("GROKWEB_X_CHOICE", "json")
+    assert env_choice("GROKWEB_X_CHOICE", ("text", "json")) == "json"
+    monkeypatch.setenv("GROKWEB_X_CHOICE", "")
+    assert env_choice("GROKWEB_X_CHOICE", ("text", "json")) == "text"
+    monkeypatch.setenv("GROKWEB_X_CHOICE", "yaml")
+    with pytest.raises(ImproperlyConfigured, match="GROKWEB_X_CHOICE is 'yaml': use text or json"):
+        env_choice("GROKWEB_X_CHOICE", ("text", "json"))

@@ -205,7 +205,7 @@ def test_search_sees_only_the_users_own_conversations(
 
     [result] = response.json()["results"]
     assert (result["id"], result["title"]) == (mine.id, "Cooking")
-    assert result["snippet"] == "a pasta question"
+    assert result["snippet"] == [["a ", False], ["pasta", True], [" question", False]]
     assert result["updated_at"] == mine.updated_at.isoformat()
     assert ann_client.get(reverse("conversation_search")).json() == {"results": []}
 
@@ -229,3 +229,35 @@ def test_posts_need_the_csrf_token(ann, conversation_factory):
         url, {"title": "Changed"}, content_type="application/json", HTTP_X_CSRFTOKEN=token
     )
     assert response.json()["title"] == "Changed"
+
+
+DEEP = "[" * 2000
+
+
+def test_deep_json_and_unstorable_text_are_clear_400s(ann_client, ann, conversation_factory):
+    """Nesting that would exhaust the parser's recursion, NUL and lone surrogates (which
+    PostgreSQL cannot store) are refused naming what is wrong, through JSON or a form."""
+    chat = conversation_factory(ann)
+    reply = chat.messages.get(role="assistant")
+    rename = reverse("conversation_rename", args=[chat.id])
+    feedback = reverse("message_feedback", args=[reply.id])
+    for url in (rename, feedback):
+        response = ann_client.post(url, DEEP, content_type="application/json")
+        assert response.status_code == 400 and response.json()["error"]["code"] == "bad_json"
+    cases = [
+        (rename, '{"title": "a\\u0000b"}', "title"),
+        (rename, '{"title": "a\\ud800b"}', "title"),
+        (feedback, '{"rating": "up", "comment": "\\udfff"}', "comment"),
+    ]
+    for url, body, field in cases:
+        response = ann_client.post(url, body, content_type="application/json")
+        assert response.status_code == 400, response.content
+        assert response.json()["error"] | {"message": ""} == {"code": "bad_text", "message": "", "field": field}
+    response = ann_client.post(rename, {"title": "a\x00b"})  # a form
+    assert response.status_code == 400 and response.json()["error"]["field"] == "title"
+    response = ann_client.get(reverse("conversation_search"), {"q": "a\x00"})
+    assert response.status_code == 400 and response.json()["error"]["field"] == "q"
+    response = ann_client.post(reverse("api_keys"), {"name": "key\x00"})
+    assert response.status_code == 400 and b"NUL" in response.content
+    chat.refresh_from_db()
+    assert chat.title != "ab" and not reply.feedback.exists() and not ann.api_keys.exists()

@@ -292,3 +292,22 @@ def test_the_settings_pick_the_engine_and_a_bad_dtype_is_refused(settings, tiny_
     settings.GROK_DTYPE = "float16"
     with pytest.raises(ValueError, match="GROK_DTYPE is 'float16'; choose one of float32, bfloat16"):
         load_engine()
+
+
+def test_the_settings_place_the_experts_and_a_bad_offload_is_refused(settings, tiny_checkpoint):
+    from chat.serving import load_engine
+
+    settings.GROK_CHECKPOINT, settings.GROK_QUANT, settings.GROK_MAX_BATCH = str(tiny_checkpoint), "int8", 1
+    settings.GROK_DEVICE, settings.GROK_CONTEXT_LEN, settings.GROK_PREFIX_CACHE = "cpu", 64, 0
+    settings.GROK_MAX_CPU_MEMORY, settings.GROK_OFFLOAD, settings.GROK_CPU_THREADS = "2MB", "experts", 1
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        engine = load_engine()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert "KV cache on cpu; experts 2 cpu, 30 mmap (of 32)" in engine.model.placement
+    settings.GROK_OFFLOAD = "disk"
+    with pytest.raises(ValueError, match="GROK_OFFLOAD is 'disk'; choose one of experts, layers"):
+        load_engine()

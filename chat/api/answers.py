@@ -27,7 +27,8 @@ def failure(done: dict) -> ApiError | None:
     """The error a failed reply is answered with; None if it did not fail."""
     if done["status"] != Message.Status.FAILED:
         return None
-    return api_error(ChatError(done["error_code"], done["error"] or "The reply failed."))
+    # Replies failed before codes were stored have none: "failed".
+    return api_error(ChatError(done["error_code"] or "failed", done["error"] or "The reply failed."))
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ import hashlib
 import hmac
 import secrets
 
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from chat.errors import ApiError, ChatError
+from chat.inputs import check_text
 from chat.models import ApiKey, User
+from chat.sessions import announce
 
 KEY_PREFIX = "gw-"
 KEY_DISPLAY_CHARS = 10  # "gw-" and 7 characters of the secret: enough to tell keys apart
@@ -22,7 +25,7 @@ def _digest(key: str) -> str:
 def do_create_api_key(user: User, name: str) -> tuple[ApiKey, str]:
     """A new key for `user`: (its row, the key itself). The key is not stored, only its hash:
     show it now or never."""
-    name = " ".join(str(name).split())
+    name = check_text(" ".join(str(name).split()), "name")
     max_length = ApiKey._meta.get_field("name").max_length
     if not name or len(name) > max_length:
         raise ChatError("bad_frame", f"A key's name needs 1 to {max_length} characters.")
@@ -33,19 +36,31 @@ def do_create_api_key(user: User, name: str) -> tuple[ApiKey, str]:
     return row, key
 
 
+def key_group(key_id: int) -> str:
+    """The channel group of the streams that key `key_id` is following (chat/api/follow.py)."""
+    return f"api-key.{key_id}"
+
+
+def live_keys() -> QuerySet[ApiKey]:
+    """Keys that may still be used: not revoked, of an active user."""
+    return ApiKey.objects.filter(revoked_at__isnull=True, user__is_active=True)
+
+
 def do_revoke_api_key(user: User, key_id: int) -> ApiKey:
-    """Revoke one of the user's keys; revoking it again changes nothing."""
+    """Revoke one of the user's keys, ending the streams it is following; revoking it again
+    changes nothing."""
     key = ApiKey.objects.filter(user=user, pk=key_id).first()
     if key is None:
         raise ChatError("not_found", "No such API key.")
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
+        announce(key_group(key.pk), {"type": "key.revoked"})
     return key
 
 
-def check_api_key(authorization: str | None) -> User:
-    """The user an `Authorization: Bearer <key>` header belongs to, or a 401 ApiError.
+def check_api_key(authorization: str | None) -> ApiKey:
+    """The key (with its user) of an `Authorization: Bearer <key>` header, or a 401 ApiError.
 
     Keys are found by their SHA-256, so the lookup compares hashes of a secret, not the secret
     a byte at a time; the final comparison is constant-time anyway."""
@@ -56,13 +71,9 @@ def check_api_key(authorization: str | None) -> User:
             401, "Missing API key: send `Authorization: Bearer <key>`.", code="invalid_api_key"
         )
     digest = _digest(key)
-    row = (
-        ApiKey.objects.select_related("user")
-        .filter(hashed=digest, revoked_at__isnull=True, user__is_active=True)
-        .first()
-    )
+    row = live_keys().select_related("user").filter(hashed=digest).first()
     if row is None or not hmac.compare_digest(row.hashed, digest):
         raise ApiError(401, "Incorrect or revoked API key.", code="invalid_api_key")
     ApiKey.objects.filter(pk=row.pk).update(last_used_at=timezone.now())
-    return row.user
+    return row
 

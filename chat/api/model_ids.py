@@ -21,30 +21,37 @@ def model_id(persona: Persona) -> str:
     return MODEL_BASE if persona.slug == DEFAULT_PERSONA else f"{MODEL_BASE}:{persona.slug}"
 
 
-def list_models(user: User) -> dict:
-    """The `GET /v1/models` body: one model per persona the user's plan allows. Over the demo
-    model each says, in a field clients ignore, that its text is noise."""
+def _models(personas: list[Persona]) -> list[dict]:
+    """The model objects of `personas`. Over the demo model each says, in a field clients
+    ignore, that its text is noise."""
     is_demo = model_info(settings.GROK_CHECKPOINT).is_demo
-    personas = [persona for persona in actions.personas_for(user) if persona.allowed]
     created = dict(
         PersonaVersion.objects.filter(persona__in=personas)
         .values("persona")
         .annotate(first=Min("created_at"))
         .values_list("persona", "first")
     )
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": model_id(persona),
-                "object": "model",
-                "created": int(created[persona.pk].timestamp()) if persona.pk in created else 0,
-                "owned_by": "grokweb",
-                **({"description": DEMO_DESCRIPTION} if is_demo else {}),
-            }
-            for persona in personas
-        ],
-    }
+    return [
+        {
+            "id": model_id(persona),
+            "object": "model",
+            "created": int(created[persona.pk].timestamp()) if persona.pk in created else 0,
+            "owned_by": "grokweb",
+            **({"description": DEMO_DESCRIPTION} if is_demo else {}),
+        }
+        for persona in personas
+    ]
+
+
+def list_models(user: User) -> dict:
+    """The `GET /v1/models` body: one model per persona the user's plan allows."""
+    personas = [persona for persona in actions.personas_for(user) if persona.allowed]
+    return {"object": "list", "data": _models(personas)}
+
+
+def retrieve_model(user: User, model: str) -> dict:
+    """The `GET /v1/models/{model}` body, or the 404 ApiError of `get_persona_for_model`."""
+    return _models([get_persona_for_model(user, model)])[0]
 
 
 def get_persona_for_model(user: User, model: str) -> Persona:

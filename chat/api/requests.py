@@ -11,15 +11,20 @@ reply's `generation`, which the worker honours (chat/replies.py).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 
 from chat import actions, plans
 from chat.api.model_ids import get_persona_for_model
 from chat.errors import ChatError, api_error, bad_request
-from chat.models import Conversation, Message, User
+from chat.inputs import parse_json
+from chat.models import Conversation, Message, Persona, User
+from chat.prompts import build_prompt, reply_budget
+from inference.tokenizer import Tokenizer
 
 MAX_MESSAGES = 500
 MAX_STOP = 4  # as OpenAI's API
@@ -30,6 +35,15 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 # persona's system prompt instead.
 TURN_ROLES = {"user": Message.Role.USER, "assistant": Message.Role.ASSISTANT}
 SYSTEM_ROLES = {"system", "developer"}
+# OpenAI's parameters that change what a reply is, which we cannot honour: refused by name unless
+# they ask for nothing (null, false, 0, empty, "none", text), since a client relying on one (tools,
+# JSON mode, logprobs) would take the reply for what it asked and misread it.
+UNSUPPORTED = (
+    "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
+    "response_format", "logprobs", "top_logprobs", "logit_bias",
+    "presence_penalty", "frequency_penalty", "audio", "modalities", "prediction",
+)
+NEUTRAL = (None, False, 0, "", [], {}, "none", {"type": "text"})
 
 @dataclass
 class CompletionRequest:
@@ -87,9 +101,9 @@ def _stop(value: object) -> list[str]:
 def parse_completion_request(raw: bytes) -> CompletionRequest:
     """Check a request body (400 ApiError when it is not one we can answer)."""
     try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
+        body = parse_json(raw, max_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+    except ChatError as error:
+        raise api_error(error) from None
     if not isinstance(body, dict):
         raise bad_request("The body must be a JSON object.")
     model = body.get("model")
@@ -115,6 +129,9 @@ def parse_completion_request(raw: bytes) -> CompletionRequest:
             turns.append((TURN_ROLES[role], text))
     if not turns or turns[-1][0] != Message.Role.USER:
         raise bad_request("The last message (system messages aside) must be the user's.", "messages")
+    for name in UNSUPPORTED:
+        if body.get(name) not in NEUTRAL:
+            raise bad_request(f"`{name}` is not supported.", name, code="unsupported_parameter")
     if body.get("n") not in (None, 1):
         raise bad_request("Only `n` = 1 is supported.", "n", code="unsupported_value")
     stream = body.get("stream")
@@ -144,14 +161,53 @@ def parse_completion_request(raw: bytes) -> CompletionRequest:
     )
 
 
+@lru_cache
+def web_tokenizer(checkpoint: str) -> Tokenizer | None:
+    """The model's tokenizer (sentencepiece: light, no torch) from the checkpoint folder; None
+    where this web process has no such folder (workers on other machines)."""
+    path = Path(checkpoint) / "tokenizer.model"
+    return Tokenizer(path) if path.is_file() else None
+
+
+def check_prompt_fits(persona: Persona, request: CompletionRequest, generation: dict) -> None:
+    """The worker's `too_long` (chat/replies.py), asked before anything is stored: the system
+    prompts and the last message must leave room for the reply in the plan's context (older
+    turns the worker leaves out as it must). Counted with the model's own tokenizer; without it
+    here, or with a model whose context is smaller than the plan's and GROK_CONTEXT_LEN unset,
+    the worker is the one to refuse."""
+    tokenizer = web_tokenizer(settings.GROK_CHECKPOINT)
+    if tokenizer is None:
+        return
+    plan_context = generation["context_len"]
+    context_len, max_new_tokens = reply_budget(
+        min(plan_context, settings.GROK_CONTEXT_LEN or plan_context),
+        generation,
+        max_new_tokens=settings.GROK_MAX_NEW_TOKENS,
+    )
+    version = persona.current_version
+    system = "\n\n".join(
+        text.strip() for text in (version.system_prompt if version else "", request.system) if text.strip()
+    )
+    build_prompt(
+        system, request.turns[-1:], tokenizer,
+        context_len=context_len, max_new_tokens=max_new_tokens, assistant_name=persona.name,
+    )
+
+
 @transaction.atomic
 def do_start_api_completion(user: User, request: CompletionRequest) -> Message:
     """Store the request's messages as a new API conversation and queue its reply, as
     `actions.do_send_message` does for the page: the same plan checks, queue and worker. The
     reply's `generation` carries the request's system text, stops and sampling for the worker.
-    Raises ApiError (model) or ChatError (quota, queue)."""
+    Raises ApiError (model) or ChatError (quota, too_long: before anything is stored; queue)."""
     persona = get_persona_for_model(user, request.model)
     limits = plans.check_can_generate(user, persona)
+    extra = dict(request.sampling)
+    if request.system:
+        extra["system_suffix"] = request.system
+    if request.max_new_tokens is not None:
+        extra["max_new_tokens"] = min(request.max_new_tokens, limits.max_new_tokens)
+    check_prompt_fits(persona, request, limits.generation | extra)
     first_user_text = next(content for role, content in request.turns if role == Message.Role.USER)
     conversation = Conversation.objects.create(
         owner=user, persona=persona, title=actions.title_from(first_user_text),
@@ -162,10 +218,5 @@ def do_start_api_completion(user: User, request: CompletionRequest) -> Message:
     Message.objects.bulk_create(
         Message(conversation=conversation, role=role, content=content) for role, content in request.turns
     )
-    extra = dict(request.sampling)
-    if request.system:
-        extra["system_suffix"] = request.system
-    if request.max_new_tokens is not None:
-        extra["max_new_tokens"] = min(request.max_new_tokens, limits.max_new_tokens)
     return actions.do_queue_reply(conversation, limits, extra)
 

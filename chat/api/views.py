@@ -10,6 +10,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -17,10 +18,10 @@ from chat import serving
 from chat.api import keys
 from chat.api.answers import Completion, failure
 from chat.api.follow import follow_reply
-from chat.api.model_ids import list_models
+from chat.api.model_ids import list_models, retrieve_model
 from chat.api.requests import do_start_api_completion, parse_completion_request
 from chat.errors import ApiError, ChatError, api_error, bad_request
-from chat.models import User
+from chat.models import ApiKey
 
 
 def error_response(error: ApiError) -> JsonResponse:
@@ -30,7 +31,7 @@ def error_response(error: ApiError) -> JsonResponse:
     return response
 
 
-async def authenticated(request: HttpRequest, method: str) -> User:
+async def authenticated(request: HttpRequest, method: str) -> ApiKey:
     if request.method != method:
         raise ApiError(405, f"Use {method}.", code="method_not_allowed")
     return await database_sync_to_async(keys.check_api_key)(request.headers.get("Authorization"))
@@ -41,16 +42,43 @@ async def authenticated(request: HttpRequest, method: str) -> User:
 @csrf_exempt
 async def models(request: HttpRequest) -> JsonResponse:
     try:
-        user = await authenticated(request, "GET")
+        user = (await authenticated(request, "GET")).user
     except ApiError as error:
         return error_response(error)
     return JsonResponse(await database_sync_to_async(list_models)(user))
 
 
 @csrf_exempt
+async def model(request: HttpRequest, model_id: str) -> JsonResponse:
+    try:
+        user = (await authenticated(request, "GET")).user
+        return JsonResponse(await database_sync_to_async(retrieve_model)(user, model_id))
+    except ApiError as error:
+        return error_response(error)
+
+
+@csrf_exempt
+def unknown_path(request: HttpRequest) -> JsonResponse:
+    """Any other path under /v1: OpenAI's 404, in JSON as every answer of the API."""
+    return error_response(
+        ApiError(404, f"Invalid URL ({request.method} {request.path}).", code="unknown_url")
+    )
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: JSON under /v1, where clients parse every answer; Django's page elsewhere."""
+    if request.path.startswith("/v1/"):
+        return error_response(
+            ApiError(500, "The server hit an unexpected error.", type="server_error", code="server_error")
+        )
+    return defaults.server_error(request)
+
+
+@csrf_exempt
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     try:
-        user = await authenticated(request, "POST")
+        key = await authenticated(request, "POST")
+        user = key.user
         try:
             completion_request = parse_completion_request(request.body)
         except RequestDataTooBig:
@@ -63,7 +91,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     except ApiError as error:
         return error_response(error)
     completion = Completion.of(reply, completion_request.model)
-    events = follow_reply(user, reply.pk)
+    events = follow_reply(key, reply.pk)
     if completion_request.stream:
         response = StreamingHttpResponse(
             completion.sse(events, completion_request.include_usage),

@@ -25,6 +25,14 @@ def env_bool(name: str, default: bool) -> bool:
     return value in TRUE
 
 
+def env_choice(name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`; unset or empty, the first."""
+    value = env_str(name) or choices[0]
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} is {value!r}: use {' or '.join(choices)}")
+    return value
+
+
 def env_int(name: str, default: int) -> int:
     return _parse(name, default, int)
 

@@ -11,6 +11,7 @@
  *   composer.js      the message box, send, stop, persona menu
  *   sidebar.js       the conversation list, rename, delete; search.js searches it
  *   protocol.js      close codes, code-point offsets, client ids (docs/protocol.md)
+ *   share.js         the Share button's dialog; plan.js refreshes the plan box after a reply
  *   state.js, notice.js, http.js   the shared state, the status lines, the HTTP endpoints
  */
 import { state } from "./state.js";
@@ -23,7 +24,9 @@ import { setUpActions } from "./actions.js";
 import { setUpEditor } from "./editor.js";
 import { setUpComposer, focusComposer, closePersonaMenu, stop } from "./composer.js";
 import { setUpSidebar, closeSidebar } from "./sidebar.js";
-import { setUpSearch } from "./search.js";
+import { setUpSearch, showLinkedMessage } from "./search.js";
+import { setUpShare } from "./share.js";
+import { refreshPlan } from "./plan.js";
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 
@@ -37,6 +40,7 @@ setUpEditor(config);
 setUpComposer(config);
 setUpSidebar();
 setUpSearch();
+setUpShare();
 
 // Esc closes the persona menu, else the sidebar; with neither open it stops the reply.
 document.addEventListener("keydown", (event) => {
@@ -49,9 +53,11 @@ document.addEventListener("keydown", (event) => {
 });
 
 refresh();
-scrollToBottom();
+if (!showLinkedMessage()) scrollToBottom();
+// A search result in this same conversation only changes the address's #m-<id>.
+window.addEventListener("hashchange", showLinkedMessage);
 startSocket(config.wsPath, {
-  frames: { accepted: onAccepted, queued: onQueued, delta: onDelta, done: onDone, error: onError },
+  frames: { accepted: onAccepted, queued: onQueued, delta: onDelta, done: (frame) => { onDone(frame); refreshPlan(); }, error: onError },
   open: resumeActive,
   lost: onConnectionLost,
 });

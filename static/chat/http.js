@@ -14,6 +14,8 @@ export const urls = {
   rename: (id) => withId(routes.urlRename, id),
   delete: (id) => withId(routes.urlDelete, id),
   feedback: (id) => withId(routes.urlFeedback, id),
+  share: (id) => withId(routes.urlShare, id),
+  planStatus: routes.urlPlanStatus,
   search: routes.urlSearch,
 };
 

@@ -1,7 +1,9 @@
 /*
  * Sidebar search: as the user types (debounced), asks the server for matching conversations
  * and shows them, each with a snippet of the matching message, in place of the list. Esc in
- * the box clears it. Results are written as text only.
+ * the box clears it. Results are written as text only: the snippet comes as [text, is_match]
+ * parts (chat/search.py) and matches go in <mark> elements. A result opens its conversation at
+ * the matching message (#m-<id>), which showLinkedMessage scrolls to and marks.
  */
 import { state } from "./state.js";
 import { urls } from "./http.js";
@@ -68,11 +70,28 @@ async function runSearch() {
 function resultItem(result) {
   const item = conversationItem(result.id, result.title || "Untitled");
   if (result.id === state.conversationId) item.classList.add("is-current");
-  if (result.snippet) {
+  const link = item.querySelector(".conversation-link");
+  if (result.message_id != null) link.href += "#m-" + Number(result.message_id);
+  if (Array.isArray(result.snippet) && result.snippet.length) {
     const snippet = document.createElement("span");
     snippet.className = "conversation-snippet";
-    snippet.textContent = result.snippet;
-    item.querySelector(".conversation-link").appendChild(snippet);
+    for (const [text, isMatch] of result.snippet) {
+      const piece = document.createElement(isMatch ? "mark" : "span");
+      piece.textContent = String(text);
+      snippet.appendChild(piece);
+    }
+    link.appendChild(snippet);
   }
   return item;
+}
+
+// The message named by the address's #m-<id>, scrolled into view and marked; false if none.
+export function showLinkedMessage() {
+  const match = /^#m-(\d+)$/.exec(location.hash);
+  const target = match && document.getElementById("m-" + match[1]);
+  if (!target) return false;
+  document.querySelectorAll(".message.is-linked").forEach((el) => el.classList.remove("is-linked"));
+  target.classList.add("is-linked");
+  target.scrollIntoView({ block: "center" });
+  return true;
 }

@@ -25,13 +25,16 @@ def model(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_checkpoint) -> Engine:
+def three_slot_engine(tiny_checkpoint) -> Engine:
+    """An engine of this module's own, with three slots and the model's whole context (unlike
+    tests/conftest.py's two-slot `engine` with 512 tokens that the chat tests share)."""
     return Engine(tiny_checkpoint, quant="none", max_batch=3)
 
 
 @pytest.fixture
-def idle_engine(engine):
-    """The shared engine; a test must leave it idle, and one that fails is cleaned up after."""
+def idle_engine(three_slot_engine):
+    """The module's engine; a test must leave it idle, and one that fails is cleaned up after."""
+    engine = three_slot_engine
     yield engine
     left_work = engine.has_work()
     for request_id in engine.queued() + [s.request.id for s in engine.slots if s is not None]:
@@ -41,8 +44,8 @@ def idle_engine(engine):
 
 
 @pytest.fixture(scope="module")
-def prompt(engine) -> list[int]:
-    return engine.tokenizer.encode(PROMPT)
+def prompt(three_slot_engine) -> list[int]:
+    return three_slot_engine.tokenizer.encode(PROMPT)
 
 
 def forward(model, tokens: torch.Tensor, input_pos: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from torch import nn
 from inference.checkpoint import load_model
 from inference.cli import logits
 from inference.model import GrokConfig
-from inference import quantize
+from inference import cpu_kernels, quantize
 from inference.quantize import Int8Linear, build_linear, dequantize, meta_model
 
 
@@ -21,8 +21,7 @@ def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("in_features", [64, 128])
 @pytest.mark.parametrize("rows", [1, 15])
 def test_int8_linear_equals_dequantised_linear(groups, dtype, in_features, rows, monkeypatch):
-    """Through PyTorch's int8 kernel (float32 with at most 2 rows; bfloat16 with groups 16 wide or
-    more) and through the cast weight (the rest): the same product."""
+    """Every CPU way Int8Linear picks (inference/quantize.py): the same product."""
     torch.manual_seed(0)
     weight = torch.randint(-127, 128, (48, in_features), dtype=torch.int8)
     scales = (torch.rand(groups, 48) / 100).to(torch.bfloat16)
@@ -31,9 +30,12 @@ def test_int8_linear_equals_dequantised_linear(groups, dtype, in_features, rows,
     plain = build_linear(weight, scales, "none", dtype, "cpu")
     assert isinstance(int8, Int8Linear) and int8.weight.dtype == torch.int8 and int8.scales.shape == (groups, 48)
     assert type(plain) is nn.Linear and plain.weight.dtype == dtype
-    kernel = rows <= 2 if dtype == torch.float32 else in_features // groups >= 16
+    if dtype == torch.float32:
+        path = "int8pack" if rows <= 2 else "blocked"
+    else:
+        path = "vnni" if cpu_kernels.available() else "int8pack" if in_features // groups >= 16 else "cast"
     monkeypatch.setattr(quantize, "INT8_KERNEL_MIN_BLOCK", 1)  # the real threshold is for big weights
-    assert int8._cpu_kernel_fits(x, rows) == kernel
+    assert int8.cpu_path(x.view(rows, -1)) == path
     exact = x.double() @ (weight.double().view(48, groups, -1) * scales.double().T[:, :, None]).view(48, -1).T
     assert relative_error(int8(x).double(), exact) < (1e-6 if dtype == torch.float32 else 1e-2)
     assert relative_error(plain(x).double(), exact) < (1e-6 if dtype == torch.float32 else 1e-2)

@@ -24,12 +24,24 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         engine = load_engine()
-        dtype, slots = engine.model.embed.weight.dtype, len(engine.slots)  # the activation dtype
-        log.info(
-            "worker ready: %s (demo: %s), %s, %s activations, %d slots of %d tokens, KV cache %.2f GB",
-            engine.model_name, engine.is_demo, settings.GROK_QUANT, str(dtype).removeprefix("torch."),
-            slots, engine.context_len, kv_cache_bytes(engine.config, slots, engine.context_len, dtype) / 1e9,
-        )
+        if settings.GROK_ENGINE == "openai":
+            log.info(
+                "worker ready: %s (demo: %s), engine server %s, %d requests in flight, %d tokens of context",
+                engine.model_name, engine.is_demo, engine.url, engine.max_in_flight, engine.context_len,
+            )
+        else:
+            self._log_local_engine(engine)
         with event_loop_thread() as loop:
             serve(engine, Publisher(loop), stop)
         log.info("worker stopped")
+
+    def _log_local_engine(self, engine) -> None:
+        """The model loaded here: its precision, its cache and where its layers went."""
+        dtype, slots, rows = engine.model.embed.weight.dtype, len(engine.slots), len(engine.rows)  # the activation dtype
+        log.info(
+            "worker ready: %s (demo: %s), %s, %s activations, %d slots + %d prefix-cache rows of %d tokens,"
+            " KV cache %.2f GB",
+            engine.model_name, engine.is_demo, settings.GROK_QUANT, str(dtype).removeprefix("torch."),
+            slots, rows - slots, engine.context_len, kv_cache_bytes(engine.config, rows, engine.context_len, dtype) / 1e9,
+        )
+        log.info("placement: %s", engine.model.placement)
