@@ -32,7 +32,6 @@ MAX_FOLLOWED = 16  # replies one socket may follow at once; a page follows one o
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_UNAVAILABLE = 4503  # the channel layer (Redis) failed: the page reconnects and resumes
 UNAVAILABLE = "The server lost touch with Redis."
-JOIN_TIMEOUT = 5.0  # seconds; see `connect`
 
 
 def _field(frame: dict, name: str, *types: type, optional: bool = False):
@@ -79,20 +78,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         # Told when a session of this user may have ended (chat.sessions); left on disconnect.
         self.groups = [sessions.user_group(self.user.pk)]
-        try:
-            # Bounded: just after Redis restarts, the first call on a pooled connection can hang
-            # for the socket timeout (30 s), and a socket stuck here reads no frame. Timing out
-            # is taken as Redis being away (`__call__`): the page reconnects and resumes.
-            await asyncio.wait_for(
-                self.channel_layer.group_add(self.groups[0], self.channel_name), JOIN_TIMEOUT
-            )
-        except TimeoutError:
-            raise redis.TimeoutError("joining the user's group timed out") from None
+        # Joined beside the frames rather than before them: just after Redis restarts, this
+        # first call of a new socket can hang (seen for 20 s and more, uncancellable), and the
+        # page's `resume` must not wait behind it. Every frame checks the session anyway.
+        self.joining = asyncio.create_task(self.join_user_group())
         if settings.GROK_EMBEDDED_WORKER:
             serving.start_embedded_worker(asyncio.get_running_loop())
 
+    async def join_user_group(self) -> None:
+        try:
+            await self.channel_layer.group_add(self.groups[0], self.channel_name)
+        except (redis.RedisError, OSError) as exc:  # as in __call__: tell the page, then close
+            log.warning("the channel layer failed (%s); closing the socket", exc)
+            await self.send_error("unavailable", UNAVAILABLE)
+            await self.close(code=CLOSE_UNAVAILABLE)
+
     async def disconnect(self, code: int) -> None:
         metrics.OPEN_WEBSOCKETS.dec()
+        joining = getattr(self, "joining", None)
+        if joining is not None:
+            joining.cancel()
         try:
             for message_id in list(getattr(self, "following", ())):
                 await self.channel_layer.group_discard(group_name(message_id), self.channel_name)

@@ -183,6 +183,19 @@ def _split_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str, bool]:
     return text[: len(text) - hold], text[len(text) - hold :], False
 
 
+def check_prompt_fits(request: Request, context_len: int) -> None:
+    """ValueError unless the request's prompt is non-empty and leaves room for a reply (any
+    engine: the serving loop fails such a request alone)."""
+    n = len(request.prompt_ids)
+    if n == 0:
+        raise ValueError("the prompt is empty")
+    if n >= context_len:
+        raise ValueError(
+            f"the prompt has {n} tokens but the context holds {context_len}: "
+            f"at most {context_len - 1} leave room for a reply"
+        )
+
+
 class Engine:
     """A checkpoint loaded for serving: `max_batch` slots of `context_len` tokens (default and
     upper bound: the model's), and `prefix_cache` more KV cache rows that keep finished requests'
@@ -247,14 +260,7 @@ class Engine:
 
     def add(self, request: Request) -> None:
         """Queue a request; it joins the running batch at the next step with a free slot."""
-        n = len(request.prompt_ids)
-        if n == 0:
-            raise ValueError("the prompt is empty")
-        if n >= self.context_len:
-            raise ValueError(
-                f"the prompt has {n} tokens but the context holds {self.context_len}: "
-                f"at most {self.context_len - 1} leave room for a reply"
-            )
+        check_prompt_fits(request, self.context_len)
         if not all(0 <= t < self.config.vocab_size for t in request.prompt_ids):
             raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
         self.waiting.append(request)

@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 from inference.config import read_checkpoint_info
-from inference.engine import Delta, Request
+from inference.engine import Delta, Request, check_prompt_fits
 from inference.model import GrokConfig
 from inference.tokenizer import Tokenizer
 
@@ -98,14 +98,7 @@ class RemoteEngine:
         self.events: queue.Queue[Delta] = queue.Queue()  # from the streaming threads
 
     def add(self, request: Request) -> None:
-        n = len(request.prompt_ids)
-        if n == 0:
-            raise ValueError("the prompt is empty")
-        if n >= self.context_len:
-            raise ValueError(
-                f"the prompt has {n} tokens but the context holds {self.context_len}: "
-                f"at most {self.context_len - 1} leave room for a reply"
-            )
+        check_prompt_fits(request, self.context_len)
         self.waiting.append(request)
 
     def cancel(self, request_id: str) -> None:

@@ -95,3 +95,19 @@ async def restart_redis_mid_reply(stack: Stack, redis_server: RedisServer, cooki
         "done": page.done,
         "retry_done": retry.done,
     }
+
+
+async def check_taken_over(stack: Stack, result: dict, max_tokens: int) -> None:
+    """What `kill_worker_mid_reply` must show, whichever engine the workers drive: the reply
+    was taken over and finished, continued after what the page had been shown, and the page
+    shows exactly what is saved."""
+    from channels.db import database_sync_to_async
+
+    from chat.models import Message
+
+    done = result["done"]
+    reply = await database_sync_to_async(Message.objects.get)(pk=done["message_id"])
+    assert result["taken_over"] and done["status"] == reply.status == "done", (done, stack.log(result["finished_by"]))
+    assert result["text_before_kill"] and reply.content.startswith(result["text_before_kill"])
+    assert result["page_text"] == done["content"] == reply.content
+    assert 0 < reply.completion_tokens <= max_tokens

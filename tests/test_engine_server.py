@@ -11,7 +11,7 @@ from channels.db import database_sync_to_async
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat.models import Message
-from tests.faults import CLAIM_SECONDS, kill_worker_mid_reply
+from tests.faults import CLAIM_SECONDS, check_taken_over, kill_worker_mid_reply
 from tests.stack import receive, send
 
 
@@ -72,12 +72,7 @@ async def test_a_killed_workers_reply_is_finished_by_another_worker(remote_stack
         remote_stack, REDIS_URL=private_redis.url, GROK_MAX_NEW_TOKENS="2000", GROK_JOB_CLAIM_SECONDS=CLAIM_SECONDS
     )
     result = await kill_worker_mid_reply(s, cookie)
-    done = result["done"]
-    reply = await database_sync_to_async(saved)(done["message_id"])
-    assert result["taken_over"] and done["status"] == reply.status == "done", (done, s.log(result["finished_by"]))
-    assert result["text_before_kill"] and reply.content.startswith(result["text_before_kill"])
-    assert result["page_text"] == done["content"] == reply.content
-    assert 0 < reply.completion_tokens <= 2000
+    await check_taken_over(s, result, 2000)
     assert result["pending_after"] == 0
 
 

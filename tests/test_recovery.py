@@ -14,7 +14,7 @@ from chat.bridge import Bridge
 from chat.models import Message
 from chat.replies import do_recover_replies
 from inference.loop import Update
-from tests.faults import CLAIM_SECONDS, kill_worker_mid_reply, restart_redis_mid_reply
+from tests.faults import CLAIM_SECONDS, check_taken_over, kill_worker_mid_reply, restart_redis_mid_reply
 
 
 def saved(reply_id: int) -> Message:
@@ -113,13 +113,7 @@ async def test_a_killed_workers_reply_is_taken_over_and_finished(production_stac
         production_stack, REDIS_URL=private_redis.url, GROK_MAX_NEW_TOKENS="120", GROK_JOB_CLAIM_SECONDS=CLAIM_SECONDS
     )
     result = await kill_worker_mid_reply(s, cookie)
-    done = result["done"]
-    reply = await database_sync_to_async(saved)(done["message_id"])
-    assert result["taken_over"] and done["status"] == reply.status == "done", (done, s.log(result["finished_by"]))
-    # Continued after what the page had been shown, and the page shows exactly what is saved.
-    assert result["text_before_kill"] and reply.content.startswith(result["text_before_kill"])
-    assert result["page_text"] == done["content"] == reply.content
-    assert 0 < reply.completion_tokens <= 120
+    await check_taken_over(s, result, 120)
     assert float(CLAIM_SECONDS) <= result["seconds_to_more_text"] < 20
     assert result["pending_after"] == 0  # acknowledged once saved
 
