@@ -12,11 +12,11 @@ llama.cpp (tests/llama_cpp.py builds it once under var/) runs its own llama-benc
 decode at batch 1) and llama-batched-bench (batched decode), one thread, weight repacking off:
 its default AMX repacking crashes on this CPU with SIGILL on multi-token batches. Ours runs the
 engine (inference/bench.py `measure`) in bfloat16 with int8 weights, one thread. Each figure is
-the best of the rounds (noise on a shared machine only slows a run down), the bound too. Decode's weight
+the median of the rounds; the bound is the best of its measurements (noise only slows a read down). Decode's weight
 bandwidth (bytes one step reads x steps/s) is set against a measured bound: one thread summing a
 4 GiB float32 tensor.
 
-    flock /tmp/bench.lock .venv/bin/python -m bench.llama_peer [--layers 2] [--experts 8] [--ffn 8192] [--rounds 2]
+    flock /tmp/bench.lock .venv/bin/python -m bench.llama_peer [--layers 2] [--experts 8] [--ffn 8192] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -177,7 +178,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--ffn", type=int, default=8192, help="expert hidden size (Grok-1: 32768)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of both engines")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of both engines")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = wide_config(args.layers, args.experts, args.ffn)
@@ -186,18 +187,20 @@ def main() -> None:
     bound = 0.0
     engine = Engine(folder, quant="int8", device="cpu", dtype=torch.bfloat16, max_batch=max(BATCHES), context_len=256)
     measure(engine, 1, 8, 2)  # warm-up
-    ours: dict[str, float] = {}
-    theirs: dict[str, float] = {}
+    rounds: dict[str, dict[str, list[float]]] = {"ours": {}, "theirs": {}}
     for _ in range(args.rounds):
         bound = max(bound, memory_bound(data), memory_bound(data))  # every round too: the best is the bound
-        for best, rates in ((ours, run_ours(engine)), (theirs, run_llama(model))):
+        for side, rates in (("ours", run_ours(engine)), ("theirs", run_llama(model))):
             for key, rate in rates.items():
-                best[key] = max(best.get(key, 0.0), rate)
+                rounds[side].setdefault(key, []).append(rate)
+    # Medians of the interleaved rounds: each side's figure, and the ratio of the two.
+    ours = {key: statistics.median(rates) for key, rates in rounds["ours"].items()}
+    theirs = {key: statistics.median(rates) for key, rates in rounds["theirs"].items()}
     our_bytes = weight_bytes_per_step(engine.model, 1)
     their_bytes = llama_bytes_per_token(model, config)
     print(f"\n{config.num_layers} layers at Grok-1's width (emb 6144, 48/8 heads of 128), {config.num_experts} experts "
           f"of {config.ffn_size}, top 2; one thread; torch {torch.__version__}; llama.cpp from llama-cpp-python "
-          f"{llama_cpp.VERSION} with --repack 0 (its AMX repacking crashes on this CPU); best of {args.rounds} "
+          f"{llama_cpp.VERSION} with --repack 0 (its AMX repacking crashes on this CPU); medians of {args.rounds} "
           f"interleaved rounds; memory bound {bound:.1f} GB/s (one thread, 4 GiB float32 sum, best of the rounds)\n")
     print("| tok/s | grokweb (bf16, int8 weights) | llama.cpp (Q8_0, same values) | grokweb / llama.cpp |")
     print("|---|---:|---:|---:|")
