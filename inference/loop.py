@@ -4,7 +4,7 @@ A `JobSource` hands out ready `Request`s and says which were cancelled; a `Sink`
 publishes what the engine wrote. The loop admits new jobs into the running batch between steps
 (continuous batching: the engine folds their prefill into the next decode step), gathers each
 reply's text and hands it to the sink every `flush_interval` seconds, so a reply goes out in
-batches of a few tokens rather than a frame per token.
+batches of a few tokens rather than a frame per token; a reply's first text goes out at once.
 
 A failing request never stops the loop: a prompt the engine refuses fails alone; a step that
 raises fails the replies in that batch and the loop goes on with the next jobs. A sink that raises
@@ -131,6 +131,7 @@ class ServingLoop:
         self.clock = clock
         self.replies: dict[str, _InFlight] = {}  # taken and not yet delivered to the end
         self._last_flush = float("-inf")
+        self._first_text_waiting = False  # a reply has its first text and it is not delivered yet
         self._poll_at = float("-inf")
         self._retry_at = float("-inf")
         self._positions: dict[str, int] = {}
@@ -170,7 +171,10 @@ class ServingLoop:
         elif not waited:
             time.sleep(self.flush_interval / 4)  # nothing to step, no queue to block on: no spinning
         now = self.clock()
-        if now - self._last_flush >= self.flush_interval or not self.engine.has_work():
+        # A reply's first text goes out at once (time to first token is what a person feels);
+        # after that, text waits for the flush interval to go out in batches.
+        due = now - self._last_flush >= self.flush_interval or self._first_text_waiting
+        if due or not self.engine.has_work():
             self._flush(now)
 
     # -- steps of a tick ------------------------------------------------------------------------
@@ -261,6 +265,7 @@ class ServingLoop:
             reply.text += delta.text
             if reply.first_text_at is None:
                 reply.first_text_at = now
+                self._first_text_waiting = True
         reply.prompt_tokens = delta.prompt_tokens
         reply.completion_tokens = delta.completion_tokens
         reply.cached_tokens = delta.cached_tokens
@@ -306,6 +311,7 @@ class ServingLoop:
             log.exception("delivering %d replies failed; retrying", len(dirty))
             self._retry_at = now + SINK_RETRY
             return
+        self._first_text_waiting = False
         for reply in dirty:
             reply.dirty = False
             if reply.finish_reason is not None:

@@ -94,9 +94,16 @@ def test_batched_replies_match_their_solo_runs_and_arrive_in_batches(engine):
         assert final.duration >= final.time_to_first_token > 0
     # The one beyond the batch waited first in line, and was told so.
     assert {str(slots): 1} in sink.positions
-    # Deliveries are spaced by the flush interval (the last may come early: the engine went idle).
+    # Deliveries are spaced by the flush interval, but for those carrying a reply's first text
+    # (sent at once) and the last (the engine went idle).
+    seen, carries_first = set(), []
+    for _, updates in sink.deliveries:
+        firsts = {u.request_id for u in updates if u.text} - seen
+        seen |= firsts
+        carries_first.append(bool(firsts))
     times = [t for t, _ in sink.deliveries]
-    assert all(b - a >= FLUSH * 0.9 for a, b in zip(times, times[1:-1]))
+    spaced = [b - a for a, b, first in zip(times, times[1:-1], carries_first[1:-1]) if not first]
+    assert spaced and all(gap >= FLUSH * 0.9 for gap in spaced)
 
 
 @pytest.mark.parametrize("waiting_elsewhere", [0, 5])
@@ -279,6 +286,19 @@ def test_flush_interval_is_respected(engine, interval):
     run_until(worker)
     times = [t for t, _ in sink.deliveries]
     assert all(b - a >= interval * 0.9 for a, b in zip(times, times[1:-1]))
+
+
+def test_a_replys_first_text_goes_out_at_once_then_in_batches(engine):
+    source, sink = Source(), Sink()
+    source.pending = [request(engine, "1", max_new_tokens=60)]
+    worker = ServingLoop(engine, source, sink, max_jobs=4, flush_interval=3600.0)
+    run_until(worker, done=lambda: any(u.text for _, updates in sink.deliveries for u in updates))
+    (at, (first,)), = [d for d in sink.deliveries if d[1][0].text]
+    assert first.finish_reason is None  # delivered while the reply runs, not held for the hour
+    steps = len(sink.deliveries)
+    for _ in range(5):
+        worker.tick()
+    assert len(sink.deliveries) == steps  # the rest waits for the interval (or the end)
 
 
 def test_the_settings_pick_the_engine_and_a_bad_dtype_is_refused(settings, tiny_checkpoint):
