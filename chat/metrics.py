@@ -112,25 +112,28 @@ class Metered:
 
     def __init__(self, engine, worker: str) -> None:
         self._engine = engine
-        self._labels = {"model": engine.model_name, "worker": worker}
+        labels = {"model": engine.model_name, "worker": worker}
+        # Bound once: `step` runs for every token, and `labels()` looks each child up again.
+        self._steps, self._cached = ENGINE_STEPS.labels(**labels), CACHED_TOKENS.labels(**labels)
+        self._waiting, self._running = WAITING.labels(**labels), RUNNING.labels(**labels)
+        self._kv_cache_usage = KV_CACHE_USAGE.labels(**labels)
 
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
 
     def step(self) -> list:
         deltas = self._engine.step()
-        ENGINE_STEPS.labels(**self._labels).inc()
+        self._steps.inc()
         for delta in deltas:
             if delta.finish_reason is not None and delta.cached_tokens:
-                CACHED_TOKENS.labels(**self._labels).inc(delta.cached_tokens)
-        waiting = len(self._engine.queued())
-        WAITING.labels(**self._labels).set(waiting)
+                self._cached.inc(delta.cached_tokens)
+        self._waiting.set(len(self._engine.queued()))
         slots = getattr(self._engine, "slots", None)
         if slots is None:  # an engine server: its own metrics tell its cache
-            RUNNING.labels(**self._labels).set(len(self._engine.running))
+            self._running.set(len(self._engine.running))
         else:
             running = [s for s in slots if s is not None]
-            RUNNING.labels(**self._labels).set(len(running))
+            self._running.set(len(running))
             held = sum(len(s.tokens) for s in running)
-            KV_CACHE_USAGE.labels(**self._labels).set(held / (len(slots) * self._engine.context_len))
+            self._kv_cache_usage.set(held / (len(slots) * self._engine.context_len))
         return deltas

@@ -26,6 +26,13 @@ def ann(user_factory):
 
 
 @pytest.fixture
+def ann_client(client, ann):
+    """Django's test client, logged in as ann."""
+    client.force_login(ann)
+    return client
+
+
+@pytest.fixture
 def conversation_factory(db):
     """Make a conversation holding finished turns:
     conversation_factory(user, [("user", "hi"), ("assistant", "hello")], persona="grok")."""

@@ -19,12 +19,6 @@ pytestmark = pytest.mark.django_db
 PASSWORD = "a-Strong-pass-42"
 
 
-@pytest.fixture
-def ann_client(client, ann):
-    client.force_login(ann)
-    return client
-
-
 def start(reply: Message) -> str:
     """The prompt text the worker builds for `reply`."""
     tokenizer = CharTokenizer()

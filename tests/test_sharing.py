@@ -12,12 +12,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def ann_client(client, ann):
-    client.force_login(ann)
-    return client
-
-
-@pytest.fixture
 def chat(ann, conversation_factory):
     return conversation_factory(ann, [("user", "What is 2+2?"), ("assistant", "**Four**")], title="Sums")
 

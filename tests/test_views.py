@@ -14,12 +14,6 @@ PASSWORD = "a-Strong-pass-42"
 
 
 @pytest.fixture
-def ann_client(client, ann):
-    client.force_login(ann)
-    return client
-
-
-@pytest.fixture
 def bobs_chat(user_factory, conversation_factory):
     bob = user_factory("bob")
     return conversation_factory(bob, [("user", "bob's pasta secret")], title="Bob's pasta")

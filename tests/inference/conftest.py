@@ -35,3 +35,15 @@ def converted_golden(golden_dir, tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("golden") / "converted"
     convert(golden_dir, dst, shard_bytes=200_000)
     return dst
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: the tiny model's ops are too small to share out, and on a
+    busy 2-core machine threads made them 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,13 +9,7 @@ from inference.engine import Engine, Request, SamplingParams, _split_stop, filte
 PROMPT = "Once upon a time, in a land far away, there lived a"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are too small to share out: on a busy 2-core machine threads made them 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

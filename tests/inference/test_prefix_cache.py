@@ -13,12 +13,7 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=8)
 SEEDED = SamplingParams(temperature=1.0, top_p=0.9, seed=99, max_new_tokens=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_engine(checkpoint, prefix_cache: int, max_batch: int = 2) -> Engine:
