@@ -3,9 +3,10 @@
 Custom instructions are the user's text added after the persona's in every reply's prompt (as
 Grok's own "customize" setting); the plan bounds their length (`Plan.instructions_chars`).
 
-Export is one zip: `conversations.json` (every conversation with its messages, each naming its
-parent, so the file holds the tree) and one Markdown file per conversation. Import takes that
-zip (or its `conversations.json`) back, or ChatGPT's export (its zip or `conversations.json`):
+Export is one zip: `conversations.json` (every conversation with every version of its messages,
+each naming its parent, so the file holds the tree of branches) and one Markdown file per
+conversation, of the branch on screen. Import takes that zip (or its `conversations.json`) back,
+or ChatGPT's export (its zip or `conversations.json`, whose tree becomes branches):
 the file is read, bounded and validated whole before anything is written, and written in one
 transaction, so a bad file changes nothing.
 
@@ -26,7 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from chat import jobs, plans
+from chat import branches, jobs, plans
 from chat.actions import get_persona
 from chat.errors import ChatError
 from chat.models import BillingEvent, Conversation, Message, Persona, User
@@ -72,23 +73,23 @@ def instructions_for(user: User) -> str:
 
 
 def export_data(user: User) -> dict:
-    """Every conversation of the user's with its messages, oldest first; each message names its
-    parent (the one before it), so the tree survives a round trip."""
+    """Every conversation of the user's with every version of its messages (chat/branches.py),
+    oldest first: each message names its parent and `current_id` the end of the branch on
+    screen, so the tree survives a round trip."""
     conversations = []
     for conversation in user.conversations.select_related("persona").prefetch_related("messages").order_by("id"):
-        messages, parent = [], None
-        for message in conversation.messages.all():  # in id order (Message.Meta.ordering)
-            messages.append(
-                {
-                    "id": message.id,
-                    "parent_id": parent,
-                    "role": message.role,
-                    "content": message.content,
-                    "status": message.status,
-                    "created_at": message.created_at.isoformat(),
-                }
-            )
-            parent = message.id
+        messages = [
+            {
+                "id": message.id,
+                "parent_id": message.parent_id,
+                "role": message.role,
+                "content": message.content,
+                "status": message.status,
+                "created_at": message.created_at.isoformat(),
+            }
+            for message in conversation.messages.all()  # in id order: parents first
+        ]
+        shown = branches.Tree(conversation.messages.all()).shown_leaf(conversation)
         conversations.append(
             {
                 "id": conversation.id,
@@ -97,6 +98,7 @@ def export_data(user: User) -> dict:
                 "source": conversation.source,
                 "created_at": conversation.created_at.isoformat(),
                 "updated_at": conversation.updated_at.isoformat(),
+                "current_id": shown,
                 "messages": messages,
             }
         )
@@ -109,9 +111,15 @@ def export_data(user: User) -> dict:
 
 
 def markdown(conversation: dict, assistant_name: str) -> str:
+    """The branch on screen, as a transcript (the other versions are in conversations.json)."""
     names = {"user": "User", "assistant": assistant_name}
+    by_id = {m["id"]: m for m in conversation["messages"]}
+    path, message_id = [], conversation["current_id"]
+    while message_id is not None:
+        path.append(by_id[message_id])
+        message_id = by_id[message_id]["parent_id"]
     parts = [f"# {conversation['title']}"]
-    parts += [f"**{names[m['role']]}:**\n\n{m['content']}" for m in conversation["messages"]]
+    parts += [f"**{names[m['role']]}:**\n\n{m['content']}" for m in reversed(path)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -135,7 +143,9 @@ def export_zip(user: User) -> bytes:
 class Imported:
     title: str
     persona: str | None  # a persona slug, when the file names one
-    turns: list[tuple[str, str]]  # (role, content), oldest first
+    turns: list[tuple[str, str]]  # (role, content), parents before children
+    parents: list[int | None]  # the index in `turns` of each one's parent (None: a first message)
+    current: int | None = None  # the index of the message on screen (None: the last one)
 
 
 def bad_import(message: str) -> ChatError:
@@ -169,20 +179,34 @@ def read_upload(data: bytes) -> object:
 
 
 def parse_grokweb(data: dict) -> list[Imported]:
-    """Our own export (export_data)."""
+    """Our own export (export_data): each message's parent must come before it in the file."""
     if data.get("version") != EXPORT_VERSION or not isinstance(data.get("conversations"), list):
         raise bad_import("This grokweb export has an unknown version or no conversations.")
     found = []
     for number, conversation in enumerate(data["conversations"], 1):
         if not isinstance(conversation, dict) or not isinstance(conversation.get("messages"), list):
             raise bad_import(f"Conversation {number} has no list of messages.")
-        turns = []
+        imported = Imported(conversation.get("title"), conversation.get("persona"), [], [])
+        index: dict[object, int] = {}  # a message's id in the file -> its place in `turns`
         for message in conversation["messages"]:
             if not isinstance(message, dict) or message.get("role") not in Message.Role.values:
                 raise bad_import(f"Conversation {number} has a message without a known role.")
-            turns.append((message["role"], message.get("content")))
-        found.append(Imported(conversation.get("title"), conversation.get("persona"), turns))
+            parent = message.get("parent_id")
+            if parent is not None and not (_is_key(parent) and parent in index):
+                raise bad_import(f"Conversation {number} has a message whose parent does not come before it.")
+            if _is_key(message.get("id")):
+                index[message["id"]] = len(imported.turns)
+            imported.parents.append(index[parent] if parent is not None else None)
+            imported.turns.append((message["role"], message.get("content")))
+        current = conversation.get("current_id")
+        imported.current = index.get(current) if _is_key(current) else None
+        found.append(imported)
     return found
+
+
+def _is_key(value: object) -> bool:
+    """An id a file may use for its messages (bool is no id, and unhashable JSON is none)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
 
 
 def chatgpt_text(message: dict) -> str:
@@ -196,31 +220,44 @@ def chatgpt_text(message: dict) -> str:
 
 def parse_chatgpt(data: list) -> list[Imported]:
     """ChatGPT's conversations.json: a list of conversations, each a `mapping` tree of nodes
-    ({id: {"message", "parent", "children"}}). grokweb keeps one path per conversation, so the
-    path to `current_node` (the version the user last saw) is taken; system and tool messages
-    are left out."""
+    ({id: {"message", "parent", "children"}}), which becomes our tree of branches with
+    `current_node` (the version the user last saw) on screen. System and tool messages and
+    empty ones are left out: what followed one follows its nearest kept ancestor."""
     found = []
     for number, conversation in enumerate(data, 1):
         mapping = conversation.get("mapping") if isinstance(conversation, dict) else None
         if not isinstance(mapping, dict):
             raise bad_import(f"Conversation {number} is not a ChatGPT conversation (no mapping).")
-        path, node_id = [], conversation.get("current_node")
-        while node_id is not None and node_id not in path:  # `not in path`: a cycle ends it
-            node = mapping.get(node_id)
+        for node in mapping.values():
             if not isinstance(node, dict):
+                raise bad_import(f"Conversation {number} has a message that is not an object.")
+            parent = node.get("parent")
+            if parent is not None and not (isinstance(parent, str) and isinstance(mapping.get(parent), dict)):
                 raise bad_import(f"Conversation {number} refers to a message that is not in it.")
-            path.append(node_id)
-            node_id = node.get("parent")
-        turns = []
-        for node_id in reversed(path):
-            message = mapping[node_id].get("message")
-            if not isinstance(message, dict):
-                continue
-            role = (message.get("author") or {}).get("role")
-            text = chatgpt_text(message)
+        imported = Imported(conversation.get("title"), None, [], [])
+        kept: dict[str, int | None] = {}  # node id -> the index of it or of its nearest kept ancestor
+        # Parents before children, siblings in the file's order; a node in a cycle has no root
+        # above it, so it is never reached.
+        children: dict[str | None, list[str]] = {}
+        for node_id, node in mapping.items():
+            children.setdefault(node.get("parent"), []).append(node_id)
+        stack = list(reversed(children.get(None, [])))
+        while stack:
+            node_id = stack.pop()
+            node = mapping[node_id]
+            above = kept[node["parent"]] if node.get("parent") is not None else None
+            message = node.get("message")
+            role = (message.get("author") or {}).get("role") if isinstance(message, dict) else None
+            text = chatgpt_text(message) if isinstance(message, dict) else ""
             if role in Message.Role.values and text:
-                turns.append((role, text))
-        found.append(Imported(conversation.get("title"), None, turns))
+                kept[node_id] = len(imported.turns)
+                imported.turns.append((role, text))
+                imported.parents.append(above)
+            else:
+                kept[node_id] = above
+            stack.extend(reversed(children.get(node_id, [])))
+        imported.current = kept.get(conversation.get("current_node")) if isinstance(conversation.get("current_node"), str) else None
+        found.append(imported)
     return found
 
 
@@ -263,9 +300,11 @@ def do_import(user: User, data: bytes) -> int:
         conversation = Conversation.objects.create(
             owner=user, title=imported.title, persona=personas.get(imported.persona, default)
         )
-        Message.objects.bulk_create(
-            Message(conversation=conversation, role=role, content=content)
-            for role, content in imported.turns
+        branches.add_tree(
+            conversation,
+            [Message(role=role, content=content) for role, content in imported.turns],
+            imported.parents,
+            imported.current,
         )
     return len(found)
 

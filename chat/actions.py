@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from chat import jobs, plans
+from chat import branches, jobs, plans
 from chat.errors import ChatError
 from chat.inputs import check_text
 from chat.models import Conversation, Message, Persona, User
@@ -108,19 +108,21 @@ def title_from(content: str) -> str:
 
 
 def do_queue_reply(
-    conversation: Conversation, limits: plans.Limits, generation: dict | None = None
+    conversation: Conversation, limits: plans.Limits, generation: dict | None = None, *, parent: Message
 ) -> Message:
-    """A new queued reply carrying its plan's limits (the worker reads `generation`), plus what
-    `generation` adds (the API's stops, sampling and system text: chat/api/requests.py); the job
-    goes out only once the transaction is committed, so the worker never picks up a message it
-    cannot see yet."""
-    reply = conversation.messages.create(
+    """A new queued reply to `parent`, carrying its plan's limits (the worker reads
+    `generation`), plus what `generation` adds (the API's stops, sampling and system text:
+    chat/api/requests.py); the job goes out only once the transaction is committed, so the
+    worker never picks up a message it cannot see yet. It ends the branch on screen, which
+    moves the conversation to the top of the sidebar."""
+    reply = branches.add(
+        conversation,
+        parent.pk,
         role=Message.Role.ASSISTANT,
         status=Message.Status.QUEUED,
         generation=limits.generation | (generation or {}),
         reserved_tokens=limits.reserved_tokens,
     )
-    conversation.save(update_fields=["updated_at"])  # moves it to the top of the sidebar
     transaction.on_commit(lambda: jobs.enqueue(reply.id))
     return reply
 
@@ -129,8 +131,9 @@ def do_queue_reply(
 def do_send_message(
     user: User, *, conversation_id: int | None, content: str, persona_slug: str | None
 ) -> tuple[Message, Message]:
-    """Save the user's message and queue a reply; a new conversation when `conversation_id` is
-    None, with `persona_slug`'s persona and a title taken from the message."""
+    """Save the user's message at the end of the branch on screen and queue a reply; a new
+    conversation when `conversation_id` is None, with `persona_slug`'s persona and a title
+    taken from the message."""
     content = check_content(content)
     if conversation_id is None:
         persona = get_persona(user, persona_slug)
@@ -142,8 +145,8 @@ def do_send_message(
         check_persona_allowed(user, conversation.persona)
         check_no_active_reply(conversation)
     limits = plans.check_can_generate(user, conversation.persona)
-    message = conversation.messages.create(role=Message.Role.USER, content=content)
-    return message, do_queue_reply(conversation, limits)
+    message = branches.append(conversation, role=Message.Role.USER, content=content)
+    return message, do_queue_reply(conversation, limits, parent=message)
 
 
 @transaction.atomic
@@ -167,33 +170,47 @@ def do_stop(user: User, message_id: int) -> Message:
 
 @transaction.atomic
 def do_regenerate(user: User, conversation_id: int) -> tuple[Message, Message]:
-    """Replace the last reply with a new one; returns (the last user message, the new reply)."""
+    """Write the last reply on screen again, as a new version of it (the old one is kept);
+    returns (the user message it answers, the new reply)."""
     conversation = get_conversation(user, conversation_id, lock=True)
     check_persona_allowed(user, conversation.persona)
     check_no_active_reply(conversation)
-    message = conversation.messages.filter(role=Message.Role.USER).last()
+    path = branches.shown_path(conversation)
+    message = next((m for m in reversed(path) if m.role == Message.Role.USER), None)
     if message is None:
         raise ChatError("conflict", "There is no message to answer yet.")
     limits = plans.check_can_generate(user, conversation.persona)
-    conversation.messages.filter(pk__gt=message.pk).delete()
-    return message, do_queue_reply(conversation, limits)
+    return message, do_queue_reply(conversation, limits, parent=message)
 
 
 @transaction.atomic
-def do_edit_last(user: User, message_id: int, content: str) -> tuple[Message, Message]:
-    """Rewrite the last user message, drop the reply after it and queue a new one."""
+def do_edit_message(user: User, message_id: int, content: str) -> tuple[Message, Message]:
+    """Save an edit of one of the user's messages as a new version of it (the old one and what
+    followed it are kept, a version away) and queue a reply to it."""
     content = check_content(content)
     message = get_message(user, message_id)
+    if message.role != Message.Role.USER:
+        raise ChatError("not_found", "No such message.")
     conversation = get_conversation(user, message.conversation_id, lock=True)
     check_persona_allowed(user, conversation.persona)
-    if message.pk != conversation.messages.filter(role=Message.Role.USER).last().pk:
-        raise ChatError("conflict", "Only the last message can be edited.")
     check_no_active_reply(conversation)
     limits = plans.check_can_generate(user, conversation.persona)
-    message.content = content
-    message.save(update_fields=["content", "updated_at"])
-    conversation.messages.filter(pk__gt=message.pk).delete()
-    return message, do_queue_reply(conversation, limits)
+    edited = branches.add(conversation, message.parent_id, role=Message.Role.USER, content=content)
+    return edited, do_queue_reply(conversation, limits, parent=edited)
+
+
+@transaction.atomic
+def do_switch_version(user: User, message_id: int) -> tuple[Conversation, list[Message]]:
+    """Put the newest branch below one of the user's messages on screen (a `< 2/3 >` click, or
+    a search result off the branch shown); returns the conversation and its new path. Refused
+    while a reply is being written, which would leave the screen."""
+    message = get_message(user, message_id)
+    conversation = get_conversation(user, message.conversation_id, lock=True)
+    check_no_active_reply(conversation)
+    tree = branches.tree_of(conversation, conversation.messages.only("id", "parent_id"))
+    conversation.current_id = tree.newest_leaf(message.pk)
+    conversation.save(update_fields=["current"])  # not updated_at: looking is not a change
+    return conversation, branches.shown_path(conversation, conversation.messages.prefetch_related("feedback"))
 
 
 def do_rename_conversation(user: User, conversation_id: int, title: str) -> Conversation:

@@ -16,7 +16,7 @@ from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from chat import plans, review, search
+from chat import branches, plans, review, search
 from chat.models import (
     ApiKey,
     BillingEvent,
@@ -265,6 +265,24 @@ class ConversationReviewForm(forms.ModelForm):
         self.fields["reviewed"].initial = self.instance.reviewed_at is not None
 
 
+def transcript(conversation: Conversation | None) -> list[Message]:
+    """Every message of every branch in order, each marked with its place in the tree
+    (chat/branches.py): `versions` of its siblings, its `version` among them, and whether it is
+    `shown`, on the branch the owner has on screen."""
+    if conversation is None:
+        return []
+    tree = branches.tree_of(
+        conversation,
+        conversation.messages.select_related("persona_version__persona").prefetch_related("feedback__user"),
+    )
+    shown = {m.pk for m in tree.path_to(tree.shown_leaf(conversation))}
+    for message in tree.by_id.values():
+        message.versions = tree.versions(message)
+        message.version = message.versions.index(message.pk) + 1
+        message.shown = message.pk in shown
+    return list(tree.by_id.values())
+
+
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     form = ConversationReviewForm
@@ -375,9 +393,7 @@ class ConversationAdmin(admin.ModelAdmin):
         # Any other id gets the admin's own "does not exist" redirect from super().
         conversation_id = int(object_id) if str(object_id).isdigit() else None
         context = {
-            "transcript": Message.objects.filter(conversation_id=conversation_id)
-            .select_related("persona_version__persona")
-            .prefetch_related("feedback__user"),
+            "transcript": transcript(Conversation.objects.filter(pk=conversation_id).first()),
             **(extra_context or {}),
         }
         if request.user.is_superuser:

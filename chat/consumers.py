@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import actions, metrics, serving, sessions
+from chat import actions, branches, metrics, serving, sessions
 from chat.errors import ChatError
 from chat.events import Follower, done_event, group_name
 from chat.inputs import parse_json
@@ -48,6 +48,20 @@ def _field(frame: dict, name: str, *types: type, optional: bool = False):
 
 def _message_id(frame: dict) -> int:
     return _field(frame, "message_id", int)
+
+
+def message_fields(message: Message) -> dict:
+    """A message of a `path` frame: what the page shows of it (docs/protocol.md)."""
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "finish_reason": message.finish_reason,
+        "error": message.error,
+        "rating": next((f.rating for f in message.feedback.all()), None),
+        "versions": message.versions,
+    }
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -189,7 +203,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def on_edit(self, frame: dict) -> None:
         message_id = _message_id(frame)
         content = _field(frame, "content", str)
-        message, reply = await database_sync_to_async(actions.do_edit_last)(
+        message, reply = await database_sync_to_async(actions.do_edit_message)(
             self.user, message_id, content
         )
         await self.accepted(frame, message, reply)
@@ -221,6 +235,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ChatError("not_found", "No such reply.")
         await self.follow(message_id, offset)
 
+    async def on_switch(self, frame: dict) -> None:
+        conversation, path = await database_sync_to_async(actions.do_switch_version)(
+            self.user, _message_id(frame)
+        )
+        await self.send_json(
+            {
+                "type": "path",
+                "client_id": frame.get("client_id"),
+                "conversation_id": conversation.pk,
+                "messages": [message_fields(m) for m in path],
+            }
+        )
+
     async def on_ping(self, frame: dict) -> None:
         await self.send_json({"type": "pong"})
 
@@ -230,19 +257,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
         "regenerate": on_regenerate,
         "stop": on_stop,
         "resume": on_resume,
+        "switch": on_switch,
         "ping": on_ping,
     }
 
     async def accepted(self, frame: dict, message: Message, reply: Message) -> None:
-        title = await database_sync_to_async(lambda: reply.conversation.title)()
+        title, message_versions, reply_versions = await database_sync_to_async(
+            lambda: (reply.conversation.title, branches.versions(message), branches.versions(reply))
+        )()
         await self.send_json(
             {
                 "type": "accepted",
                 "client_id": frame.get("client_id"),
                 "conversation_id": reply.conversation_id,
                 "title": title,
-                "user_message": {"id": message.pk, "content": message.content},
-                "assistant_message": {"id": reply.pk, "status": reply.status},
+                "user_message": {"id": message.pk, "content": message.content, "versions": message_versions},
+                "assistant_message": {"id": reply.pk, "status": reply.status, "versions": reply_versions},
             }
         )
         # The worker may have written some of it already: catching up from 0 covers that.

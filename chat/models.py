@@ -88,6 +88,11 @@ class Conversation(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     review_notes = models.TextField(blank=True)
+    # The message at the end of the branch on screen (chat/branches.py): the page shows the path
+    # from the first message to it, and the next message follows it. None: the newest message.
+    current = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-updated_at"]
@@ -122,6 +127,11 @@ class Message(models.Model):
     ACTIVE_STATUSES = (Status.QUEUED, Status.STREAMING)
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The message this one follows (None: a first message). An edit or a regenerate adds a
+    # sibling, so a conversation is a tree and every version is kept (chat/branches.py).
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DONE)

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from chat import account, jobs, plans
+from chat import account, branches, jobs, plans
 from chat.errors import ChatError
 from chat.events import Events, delta_event, done_event, failure_events, group_name
 from chat.models import Conversation, Message
@@ -86,13 +86,11 @@ def do_start_reply(
             )
         persona = reply.conversation.persona
         version = persona.current_version
-        # Earlier turns with text: a stopped reply counts as what the user saw.
-        turns = [
-            (role, content)
-            for role, content in reply.conversation.messages.filter(pk__lt=reply.pk)
-            .exclude(content="")
-            .values_list("role", "content")
-        ]
+        # The reply's branch (chat/branches.py): the turns with text before it, as they were on
+        # screen when it was asked for. A stopped reply counts as what the user saw.
+        conversation = reply.conversation
+        tree = branches.tree_of(conversation, conversation.messages.only("id", "parent_id", "role", "content"))
+        turns = [(m.role, m.content) for m in tree.path_to(reply.parent_id) if m.content]
         # The plan's limits, recorded on the queued reply, within the server's and the model's.
         limits = reply.generation or {}
         # Prompt and reply also within the tokens today's quota holds for the reply

@@ -67,9 +67,13 @@ def conversation_record(conversation: Conversation) -> dict:
         "reviewed_at": _time(conversation.reviewed_at),
         "reviewed_by": conversation.reviewed_by.username if conversation.reviewed_by else None,
         "review_notes": conversation.review_notes,
+        # Every version of every message (chat/branches.py): each names its parent, and
+        # current_id ends the branch the owner has on screen.
+        "current_id": conversation.current_id,
         "messages": [
             {
                 "id": m.id,
+                "parent_id": m.parent_id,
                 "role": m.role,
                 "content": m.content,
                 "status": m.status,

@@ -12,9 +12,10 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from chat import branches
 from chat.actions import get_conversation
 from chat.errors import ChatError
-from chat.models import Conversation, Message, SharedConversation, User
+from chat.models import Conversation, SharedConversation, User
 
 TOKEN_BYTES = 24  # 192 random bits: not guessable, not enumerable
 DISPLAY_NAME_CHARS = SharedConversation._meta.get_field("display_name").max_length
@@ -32,9 +33,13 @@ def check_display_name(display_name: object) -> str:
 
 
 def snapshot(conversation: Conversation) -> list[dict]:
-    """The finished messages with text: a reply still being written is not shared."""
-    messages = conversation.messages.exclude(content="").exclude(status__in=Message.ACTIVE_STATUSES)
-    return [{"role": role, "content": content} for role, content in messages.values_list("role", "content")]
+    """The branch on screen (chat/branches.py), its finished messages with text: a reply still
+    being written is not shared, nor are the other versions."""
+    return [
+        {"role": m.role, "content": m.content}
+        for m in branches.shown_path(conversation)
+        if m.content and not m.is_active
+    ]
 
 
 @transaction.atomic

@@ -11,7 +11,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from django_ratelimit.decorators import ratelimit
 
-from chat import actions, billing, plans, review, search
+from chat import actions, billing, branches, plans, review, search
 from chat.errors import ChatError
 from chat.forms import SignupForm
 from chat.inputs import parse_json
@@ -53,9 +53,11 @@ def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpR
     context = {
         "conversations": request.user.conversations.all(),
         "conversation": conversation,
-        # Feedback prefetched: the page marks each reply with the user's thumbs up or down.
+        # The branch on screen (chat/branches.py), feedback prefetched: the page marks each
+        # reply with the user's thumbs up or down.
         "messages": (
-            conversation.messages.prefetch_related("feedback") if conversation is not None else []
+            branches.shown_path(conversation, conversation.messages.prefetch_related("feedback"))
+            if conversation is not None else []
         ),
         "personas": personas,
         "plan_status": plans.plan_status(request.user),

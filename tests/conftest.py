@@ -34,8 +34,9 @@ def ann_client(client, ann):
 
 @pytest.fixture
 def conversation_factory(db):
-    """Make a conversation holding finished turns:
+    """Make a conversation holding finished turns, one after the other (chat/branches.py):
     conversation_factory(user, [("user", "hi"), ("assistant", "hello")], persona="grok")."""
+    from chat import branches
     from chat.models import Conversation, Persona
 
     def make(owner, turns=(("user", "Hi"), ("assistant", "Hello!")), persona="grok", **fields):
@@ -43,7 +44,7 @@ def conversation_factory(db):
             owner=owner, persona=Persona.objects.get(slug=persona), **fields
         )
         for role, content in turns:
-            conversation.messages.create(role=role, content=content)
+            branches.append(conversation, role=role, content=content)
         return conversation
 
     return make

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 from django.urls import reverse
 
-from chat import account, jobs
+from chat import account, branches, jobs
 from chat.errors import ChatError
 from chat.models import Conversation, Message, Plan, UsageEntry, User
 from chat.replies import do_start_reply
@@ -27,7 +27,7 @@ def start(reply: Message) -> str:
 
 
 def queued_reply(conversation: Conversation) -> Message:
-    return conversation.messages.create(role="assistant", status="queued", generation={"max_new_tokens": 8})
+    return branches.append(conversation, role="assistant", status="queued", generation={"max_new_tokens": 8})
 
 
 # -- the settings page and the plan box ----------------------------------------------------------
@@ -51,7 +51,7 @@ def test_the_settings_page_needs_a_login(client):
 
 def test_the_plan_status_endpoint_counts_what_was_used(ann_client, ann, conversation_factory):
     before = ann_client.get(reverse("plan_status")).json()
-    reply = conversation_factory(ann, [("user", "Hi")]).messages.create(
+    reply = branches.append(conversation_factory(ann, [("user", "Hi")]), 
         role="assistant", content="Hello", prompt_tokens=7, completion_tokens=3
     )
     UsageEntry.objects.create(user=ann, message=reply, prompt_tokens=7, completion_tokens=3, created_at=reply.created_at)
@@ -147,8 +147,21 @@ def test_export_is_a_zip_of_the_tree_as_json_and_markdown(ann_client, ann, user_
     assert "bob" not in response.content.decode("latin-1")
 
 
-def test_an_export_imports_back(ann_client, ann, user_factory, conversation_factory):
-    conversation_factory(ann, [("user", "Hi"), ("assistant", "Hello!")], title="Greeting", persona="regular")
+def tree(conversation) -> list[tuple]:
+    """(role, content, the index of its parent), in order, and the index of the message on screen."""
+    messages = list(conversation.messages.all())
+    index = {m.pk: i for i, m in enumerate(messages)}
+    shown = branches.Tree(messages).shown_leaf(conversation)
+    return [(m.role, m.content, index.get(m.parent_id)) for m in messages], index[shown]
+
+
+def test_an_export_imports_back_with_every_branch(ann_client, ann, user_factory, conversation_factory):
+    chat = conversation_factory(ann, [("user", "Hi"), ("assistant", "Hello!")], title="Greeting", persona="regular")
+    hi = chat.messages.first()
+    branches.add(chat, None, role="user", content="Hi again")  # an edit: a second version of "Hi"
+    branches.add(chat, chat.current_id, role="assistant", content="Hey.")
+    chat.current = hi.children.get()  # the user went back to the first version
+    chat.save()
     exported = ann_client.get(reverse("export_download")).content
     bob = user_factory("bob")
     ann_client.force_login(bob)
@@ -156,9 +169,10 @@ def test_an_export_imports_back(ann_client, ann, user_factory, conversation_fact
     assert "Imported 1 conversation." in page
     (imported,) = bob.conversations.all()
     assert (imported.title, imported.persona.slug) == ("Greeting", "regular")
-    assert list(imported.messages.values_list("role", "content", "status")) == [
-        ("user", "Hi", "done"), ("assistant", "Hello!", "done")
-    ]
+    assert tree(imported) == tree(chat) == (
+        [("user", "Hi", None), ("assistant", "Hello!", 0), ("user", "Hi again", None), ("assistant", "Hey.", 2)], 1
+    )
+    assert set(imported.messages.values_list("status", flat=True)) == {"done"}
 
 
 CHATGPT = [
@@ -183,14 +197,16 @@ CHATGPT = [
 ]
 
 
-def test_chatgpts_export_imports_the_path_the_user_last_saw(ann_client, ann):
+def test_chatgpts_export_imports_its_tree_as_branches(ann_client, ann):
     page = upload(ann_client, json.dumps(CHATGPT).encode(), "conversations.json").content.decode()
     assert "Imported 1 conversation." in page
     (imported,) = ann.conversations.all()
     assert imported.title == "Edited question"
-    assert list(imported.messages.values_list("role", "content")) == [
-        ("user", "second try"), ("assistant", "new answer")
-    ]
+    # The system message is left out: both versions of the question are first messages.
+    assert tree(imported) == (
+        [("user", "first try", None), ("assistant", "old answer", 0), ("user", "second try", None), ("assistant", "new answer", 2)],
+        3,  # current_node: the version the user last saw
+    )
     # ChatGPT's own zip holds conversations.json among other files.
     upload(ann_client, zip_of(**{"chat.html": "<html>", "conversations.json": json.dumps(CHATGPT)}))
     assert ann.conversations.count() == 2
@@ -204,7 +220,14 @@ def test_chatgpts_export_imports_the_path_the_user_last_saw(ann_client, ann):
         (b'{"hello": 1}', "neither a grokweb export nor ChatGPT"),
         (b"[]", "no conversations"),
         (json.dumps([{"title": "x"}]).encode(), "no mapping"),
-        (json.dumps([CHATGPT[0] | {"current_node": "nowhere"}]).encode(), "not in it"),
+        (json.dumps([CHATGPT[0] | {"mapping": CHATGPT[0]["mapping"] | {"u2": {"parent": "nowhere"}}}]).encode(), "not in it"),
+        (
+            json.dumps({"format": "grokweb", "version": 1, "conversations": [
+                {"title": "loop", "messages": [{"id": 1, "parent_id": 2, "role": "user", "content": "x"},
+                                               {"id": 2, "parent_id": 1, "role": "assistant", "content": "y"}]},
+            ]}).encode(),
+            "whose parent does not come before it",
+        ),
         (json.dumps({"format": "grokweb", "version": 9, "conversations": []}).encode(), "unknown version"),
         (
             json.dumps({"format": "grokweb", "version": 1, "conversations": [
@@ -273,7 +296,7 @@ def test_deleting_the_account_deletes_everything_but_the_anonymised_ledger(
     chat = conversation_factory(ann, [("user", "Hi"), ("assistant", "Hello")])
     reply = chat.messages.get(role="assistant")
     UsageEntry.objects.create(user=ann, message=reply, prompt_tokens=5, completion_tokens=2, created_at=reply.created_at)
-    running = chat.messages.create(role="assistant", status="streaming")
+    running = branches.append(chat, role="assistant", status="streaming")
     api_key_factory(ann)
     share = do_share(ann, chat.id)
     bobs = conversation_factory(user_factory("bob"))

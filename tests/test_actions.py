@@ -2,7 +2,7 @@
 
 import pytest
 
-from chat import actions
+from chat import actions, branches
 from chat.errors import ChatError
 from chat.models import Conversation, Message, Persona
 
@@ -56,7 +56,13 @@ def refused(code: str, call, *args, **kwargs) -> ChatError:
 
 
 def contents(conversation: Conversation) -> list[tuple[str, str, str]]:
-    return [(m.role, m.content, m.status) for m in conversation.messages.all()]
+    """The branch on screen (chat/branches.py)."""
+    conversation.refresh_from_db()
+    return [(m.role, m.content, m.status) for m in branches.shown_path(conversation)]
+
+
+def versions(message: Message) -> list[int]:
+    return branches.versions(message)
 
 
 # --- send -----------------------------------------------------------------------------------
@@ -144,7 +150,7 @@ def test_stopping_a_queued_reply_stops_it_at_once(ann, chat, job_calls, commit):
 
 
 def test_stopping_a_streaming_reply_asks_its_worker(ann, chat, job_calls, commit):
-    reply = chat.messages.create(role="assistant", status=STREAMING, content="Half a")
+    reply = branches.append(chat, role="assistant", status=STREAMING, content="Half a")
 
     with commit():
         result = actions.do_stop(ann, reply.id)
@@ -161,7 +167,7 @@ def test_stopping_a_finished_reply_changes_nothing(ann, chat, job_calls, commit)
 
 
 def test_stop_refuses_other_users_replies_and_user_messages(ann, bob, chat, job_calls):
-    reply = chat.messages.create(role="assistant", status=QUEUED)
+    reply = branches.append(chat, role="assistant", status=QUEUED)
     refused("not_found", actions.do_stop, bob, reply.id)
     refused("not_found", actions.do_stop, ann, chat.messages.first().id)
     refused("not_found", actions.do_stop, ann, 10**9)
@@ -172,57 +178,86 @@ def test_stop_refuses_other_users_replies_and_user_messages(ann, bob, chat, job_
 # --- regenerate -----------------------------------------------------------------------------
 
 
-def test_regenerate_replaces_the_last_reply(ann, chat, job_calls, commit):
+def test_regenerate_adds_a_version_of_the_last_reply(ann, chat, job_calls, commit):
     old = chat.messages.last()
     with commit():
         message, reply = actions.do_regenerate(ann, chat.id)
 
-    assert message.content == "Q2"
-    assert not Message.objects.filter(pk=old.pk).exists()
+    assert message.content == "Q2" and reply.parent_id == message.pk
     assert contents(chat) == [
         ("user", "Q1", DONE),
         ("assistant", "A1", DONE),
         ("user", "Q2", DONE),
         ("assistant", "", QUEUED),
     ]
+    assert versions(reply) == [old.pk, reply.pk]  # the old reply is kept, a version away
+    assert Message.objects.get(pk=old.pk).content == "A2"
     assert job_calls["enqueue"] == [reply.id]
 
 
 def test_regenerate_refusals(ann, bob, chat, job_calls, conversation_factory):
     refused("not_found", actions.do_regenerate, bob, chat.id)
     refused("conflict", actions.do_regenerate, ann, conversation_factory(ann, []).id)
-    chat.messages.create(role="assistant", status=STREAMING)
+    branches.append(chat, role="assistant", status=STREAMING)
     refused("conflict", actions.do_regenerate, ann, chat.id)
 
 
-# --- edit the last message ------------------------------------------------------------------
+# --- edit a message -------------------------------------------------------------------------
 
 
-def test_edit_last_rewrites_it_and_queues_a_new_reply(ann, chat, job_calls, commit):
+def test_an_edit_is_a_new_version_with_a_new_reply(ann, chat, job_calls, commit):
     last_user = chat.messages.filter(role="user").last()
     with commit():
-        message, reply = actions.do_edit_last(ann, last_user.id, " Q2, better ")
+        message, reply = actions.do_edit_message(ann, last_user.id, " Q2, better ")
 
-    assert message.pk == last_user.pk
+    assert message.pk != last_user.pk and message.parent_id == last_user.parent_id
     assert contents(chat) == [
         ("user", "Q1", DONE),
         ("assistant", "A1", DONE),
         ("user", "Q2, better", DONE),
         ("assistant", "", QUEUED),
     ]
+    assert versions(message) == [last_user.pk, message.pk]
+    last_user.refresh_from_db()
+    assert last_user.content == "Q2" and last_user.children.get().content == "A2"  # kept, with its reply
     assert job_calls["enqueue"] == [reply.id]
+
+
+def test_editing_an_earlier_message_branches_there(ann, chat, job_calls):
+    first = chat.messages.filter(role="user").first()
+    message, reply = actions.do_edit_message(ann, first.id, "Q1 again")
+
+    assert message.parent_id is None and versions(message) == [first.pk, message.pk]
+    assert contents(chat) == [("user", "Q1 again", DONE), ("assistant", "", QUEUED)]
 
 
 def test_edit_refusals(ann, bob, chat, job_calls):
     first, last = chat.messages.filter(role="user")
-    refused("not_found", actions.do_edit_last, bob, last.id, "mine now")
-    refused("conflict", actions.do_edit_last, ann, first.id, "rewrite history")
-    refused("conflict", actions.do_edit_last, ann, chat.messages.last().id, "an assistant reply")
-    refused("bad_frame", actions.do_edit_last, ann, last.id, "  ")
-    chat.messages.create(role="assistant", status=QUEUED)
-    refused("conflict", actions.do_edit_last, ann, last.id, "while it answers")
-    last.refresh_from_db()
-    assert last.content == "Q2"
+    refused("not_found", actions.do_edit_message, bob, last.id, "mine now")
+    refused("not_found", actions.do_edit_message, ann, chat.messages.last().id, "an assistant reply")
+    refused("bad_frame", actions.do_edit_message, ann, last.id, "  ")
+    branches.append(chat, role="assistant", status=QUEUED)
+    refused("conflict", actions.do_edit_message, ann, first.id, "while it answers")
+    assert chat.messages.count() == 5
+
+
+# --- versions -------------------------------------------------------------------------------
+
+
+def test_switching_shows_the_newest_branch_below_the_version_chosen(ann, bob, chat, job_calls):
+    q2 = chat.messages.filter(role="user").last()
+    q2b, reply = actions.do_edit_message(ann, q2.id, "Q2b")
+    Message.objects.filter(pk=reply.pk).update(status=DONE, content="A2b")
+
+    conversation, path = actions.do_switch_version(ann, q2.id)
+    assert [m.content for m in path] == ["Q1", "A1", "Q2", "A2"] and path[2].versions == [q2.pk, q2b.pk]
+    assert contents(chat) == [("user", "Q1", DONE), ("assistant", "A1", DONE), ("user", "Q2", DONE), ("assistant", "A2", DONE)]
+    # The next message follows the branch on screen, and its reply answers that branch.
+    message, _ = actions.do_send_message(ann, conversation_id=chat.id, content="Q3", persona_slug=None)
+    assert message.parent_id == path[-1].pk
+
+    refused("not_found", actions.do_switch_version, bob, q2b.id)
+    refused("conflict", actions.do_switch_version, ann, q2b.id)  # Q3's reply is being written
 
 
 # --- rename and delete ----------------------------------------------------------------------
@@ -239,7 +274,7 @@ def test_rename(ann, bob, chat):
 
 def test_delete(ann, bob, chat, job_calls, commit):
     refused("not_found", actions.do_delete_conversation, bob, chat.id)
-    reply = chat.messages.create(role="assistant", status=STREAMING)
+    reply = branches.append(chat, role="assistant", status=STREAMING)
 
     with commit():
         actions.do_delete_conversation(ann, chat.id)

@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from chat import jobs, replies
+from chat import branches, jobs, replies
 from chat.api import answers, follow, keys, model_ids, requests
 from chat.errors import ChatError
 from chat.errors import ApiError
@@ -681,7 +681,7 @@ def streaming_reply(transactional_db, django_db_serialized_rollback, user_factor
     """A committed reply being written, "Hello" so far (the follower reads it from its threads)."""
     user = user_factory("ann")
     conversation = conversation_factory(user, [("user", "Hi")], persona="regular")
-    return conversation.messages.create(role="assistant", status="streaming", content="Hello")
+    return branches.append(conversation, role="assistant", status="streaming", content="Hello")
 
 
 @pytest.fixture

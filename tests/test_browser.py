@@ -308,16 +308,89 @@ print("<b>not bold</b>")
 ```
 """
 
+def settled(page) -> None:
+    """Wait until no reply is being written and no frame awaits its answer."""
+    wait_until(page, "() => grokChat.state.activeId === null && !grokChat.state.pending && !grokChat.state.regenerating",
+               timeout=REPLY_TIMEOUT_MS)
+
+
+def shown(page) -> list[tuple[str, int, str]]:
+    """The branch on screen: (role, id, the `< n/m >` it shows or "")."""
+    return [tuple(message) for message in page.evaluate(
+        """() => [...document.querySelectorAll('#messages .message')].map(el => [
+            el.dataset.role || (el.classList.contains('message-user') ? 'user' : 'assistant'),
+            Number(el.dataset.id),
+            (el.querySelector('.message-version') || {}).textContent || '',
+        ])"""
+    )]
+
+
+def test_edits_and_regenerates_are_versions_to_move_between(page, embedded_server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    sign_up(page)
+    page.fill("#composer-input", "Name a bird")
+    page.press("#composer-input", "Enter")
+    page.wait_for_selector(".message-user[data-id]")
+    settled(page)
+    ((_, question, _), (_, first_reply, _)) = shown(page)
+
+    # Regenerate: a second version of the reply, the first a click away.
+    page.click(f'.message[data-id="{first_reply}"] [data-action="regenerate"]')
+    wait_until(page, f"() => ![null, {first_reply}].includes(grokChat.state.activeId)")
+    settled(page)
+    (_, (_, second_reply, where)) = shown(page)
+    assert second_reply != first_reply and where == "2/2"
+    nav = f'.message[data-id="{second_reply}"] .message-versions'
+    assert page.is_disabled(f'{nav} [aria-label="Next version"]')
+    page.click(f'{nav} [aria-label="Previous version"]')
+    page.wait_for_selector(f'.message[data-id="{first_reply}"]')
+    assert shown(page) == [("user", question, ""), ("assistant", first_reply, "1/2")]
+
+    # Edit the question: a second version of it with a reply of its own.
+    page.click(f'.message[data-id="{question}"] [data-action="edit"]')
+    page.fill(f'.message[data-id="{question}"] .message-editor textarea', "Name a fish")
+    page.press(f'.message[data-id="{question}"] .message-editor textarea', "Enter")
+    page.wait_for_selector('.message-user .message-version')
+    settled(page)
+    ((_, edited, where), (_, fish_reply, reply_where)) = shown(page)
+    assert edited != question and where == "2/2" and reply_where == ""
+    assert page.inner_text(f'.message[data-id="{edited}"] .message-body') == "Name a fish"
+    page.locator(f'.message[data-id="{edited}"]').scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "versions.png"))
+
+    # Back to the first question: its newest reply comes with it, and the server keeps it on
+    # screen: a reload shows the same branch, and the next message follows it.
+    page.click(f'.message[data-id="{edited}"] [aria-label="Previous version"]')
+    page.wait_for_selector(f'.message[data-id="{question}"]')
+    assert shown(page) == [("user", question, "1/2"), ("assistant", second_reply, "2/2")]
+    assert page.inner_text(f'.message[data-id="{question}"] .message-body') == "Name a bird"
+    page.reload()
+    page.wait_for_selector(f'.message[data-id="{second_reply}"]')
+    assert shown(page) == [("user", question, "1/2"), ("assistant", second_reply, "2/2")]
+    page.fill("#composer-input", "Why that one?")
+    page.press("#composer-input", "Enter")
+    page.wait_for_selector('.message-user >> nth=1')
+    settled(page)
+    assert [m[1] for m in shown(page)[:2]] == [question, second_reply] and len(shown(page)) == 4
+
+    # A search result on the other branch puts that branch on screen.
+    page.fill("#conversation-search", "fish")
+    page.locator("#search-list a").first.click()
+    page.wait_for_selector(f'.message[data-id="{edited}"].is-linked')
+    assert [m[1] for m in shown(page)] == [edited, fish_reply]
+
+
 INJECT = """
 import json, os
+from chat import branches
 from chat.models import Conversation, Persona, User
 data = json.loads(os.environ["GW_DATA"])
 user = User.objects.create_user(username=data["username"], password=data["password"])
 chat = Conversation.objects.create(
     owner=user, title=data["title"], persona=Persona.objects.filter(is_active=True).first()
 )
-chat.messages.create(role="user", content=data["question"])
-chat.messages.create(role="assistant", content=data["reply"], status="done", finish_reason="stop")
+branches.append(chat, role="user", content=data["question"])
+branches.append(chat, role="assistant", content=data["reply"], status="done", finish_reason="stop")
 print(chat.id)
 """
 

@@ -148,6 +148,7 @@ async def test_other_users_conversations_and_replies_are_not_found(login, conver
         {"type": "resume", "message_id": reply_id, "offset": 0},
         {"type": "stop", "message_id": reply_id},
         {"type": "edit", "message_id": reply_id - 1, "content": "edited"},
+        {"type": "switch", "message_id": reply_id - 1},
     ]
     for frame in frames:
         answer = await ask(communicator, frame)
@@ -193,26 +194,43 @@ async def test_a_reply_streams_as_deltas_then_done(login, worker):
     await communicator.disconnect()
 
 
-async def test_regenerate_and_edit_queue_new_replies(login, worker):
+async def test_regenerate_and_edit_add_versions_and_switch_shows_them(login, worker):
     communicator = await connect(await database_sync_to_async(login)("ann"))
     accepted = await ask(communicator, {"type": "send", "conversation_id": None, "content": "First"})
     conversation_id, message_id = accepted["conversation_id"], accepted["user_message"]["id"]
-    await until_done(communicator, accepted["assistant_message"]["id"])
+    first_reply = accepted["assistant_message"]["id"]
+    assert accepted["user_message"]["versions"] == [message_id] and accepted["assistant_message"]["versions"] == [first_reply]
+    await until_done(communicator, first_reply)
 
     again = await ask(communicator, {"type": "regenerate", "conversation_id": conversation_id, "client_id": "r"})
     assert again["type"] == "accepted" and again["client_id"] == "r"
-    assert again["user_message"] == {"id": message_id, "content": "First"}
-    assert again["assistant_message"]["id"] != accepted["assistant_message"]["id"]
-    assert (await until_done(communicator, again["assistant_message"]["id"]))[-1]["status"] == "done"
+    assert again["user_message"] == {"id": message_id, "content": "First", "versions": [message_id]}
+    second_reply = again["assistant_message"]["id"]
+    assert again["assistant_message"]["versions"] == [first_reply, second_reply]
+    assert (await until_done(communicator, second_reply))[-1]["status"] == "done"
 
     edited = await ask(communicator, {"type": "edit", "message_id": message_id, "content": "Second"})
-    assert edited["type"] == "accepted" and edited["user_message"] == {"id": message_id, "content": "Second"}
+    edited_id = edited["user_message"]["id"]
+    assert edited["type"] == "accepted" and edited["user_message"] == {
+        "id": edited_id, "content": "Second", "versions": [message_id, edited_id]
+    }
     frames = await until_done(communicator, edited["assistant_message"]["id"])
     assert frames[-1]["status"] == "done"
-    replies = await database_sync_to_async(
+
+    # Back to the first version of the message: its newest reply comes with it.
+    path = await ask(communicator, {"type": "switch", "message_id": message_id, "client_id": "s"})
+    assert path["type"] == "path" and path["client_id"] == "s" and path["conversation_id"] == conversation_id
+    assert [(m["id"], m["role"], m["versions"]) for m in path["messages"]] == [
+        (message_id, "user", [message_id, edited_id]),
+        (second_reply, "assistant", [first_reply, second_reply]),
+    ]
+    assert path["messages"][0]["content"] == "First" and path["messages"][1]["status"] == "done"
+    stored = await database_sync_to_async(
         lambda: list(Message.objects.filter(conversation_id=conversation_id).values_list("role", "status"))
     )()
-    assert replies == [("user", "done"), ("assistant", "done")]
+    assert stored == [("user", "done"), ("assistant", "done"), ("assistant", "done"), ("user", "done"), ("assistant", "done")]
+    error = await ask(communicator, {"type": "switch", "message_id": "x"})
+    assert error["type"] == "error" and error["code"] == "bad_frame"
     await communicator.disconnect()
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from chat import jobs
+from chat import branches, jobs
 from tests.stack import TEST_REDIS_URL
 
 
@@ -81,7 +81,7 @@ def test_enqueue_with_a_full_redis_queue_is_busy_and_marks_the_reply_failed(
 ):
     settings.GROK_MAX_QUEUE = 0
     conversation = conversation_factory(user_factory("ann"), [("user", "hi")])
-    reply = conversation.messages.create(role="assistant", status="queued")
+    reply = branches.append(conversation, role="assistant", status="queued")
     with pytest.raises(jobs.ChatError) as refused:
         jobs.enqueue(reply.id)
     assert refused.value.code == "busy"

@@ -3,6 +3,7 @@
 import pytest
 from django.urls import reverse
 
+from chat import branches
 from chat.models import Message, Persona, PersonaVersion
 
 pytestmark = pytest.mark.django_db
@@ -33,7 +34,7 @@ def test_set_system_prompt_adds_a_version_only_when_the_text_changes(user_factor
 def test_active_reply_is_the_queued_or_streaming_reply(user_factory, conversation_factory):
     conversation = conversation_factory(user_factory("ann"))
     assert conversation.active_reply() is None
-    reply = conversation.messages.create(role="assistant", status=Message.Status.STREAMING)
+    reply = branches.append(conversation, role="assistant", status=Message.Status.STREAMING)
     assert reply.is_active
     assert conversation.active_reply() == reply
     reply.status = Message.Status.STOPPED

@@ -133,7 +133,7 @@ def test_messages_exactly_at_the_limit_pass_and_one_over_is_refused(ann, job_cal
     assert "reset at midnight (UTC)" in error.message
     assert error.extra["resets_at"] == "2026-05-05T00:00:00+00:00"
     assert [offer["slug"] for offer in error.extra["upgrade"]] == ["premium", "premium-plus"]
-    assert message.conversation.messages.count() == 4  # the regenerate replaced a reply; "fourth" not saved
+    assert message.conversation.messages.count() == 5  # the regenerate added a version; "fourth" not saved
 
 
 def test_regenerate_and_edit_over_the_limit_change_nothing(ann, job_calls):
@@ -142,7 +142,7 @@ def test_regenerate_and_edit_over_the_limit_change_nothing(ann, job_calls):
     finish(reply)
 
     refused(actions.do_regenerate, ann, message.conversation_id)
-    refused(actions.do_edit_last, ann, message.id, "edited")
+    refused(actions.do_edit_message, ann, message.id, "edited")
 
     message.refresh_from_db()
     assert message.content == "hi"

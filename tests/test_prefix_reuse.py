@@ -4,7 +4,7 @@ of its prompt tokens came from the cache. The real tiny engine, database and ser
 
 import pytest
 
-from chat import jobs
+from chat import branches, jobs
 from chat.bridge import Bridge
 from chat.models import Message
 from chat.prompts import public_prefix
@@ -24,8 +24,8 @@ def engine(tiny_checkpoint):
 
 def reply_to(conversation, text: str, engine) -> Message:
     """Post `text` in the conversation and have the worker write the reply -> the saved reply."""
-    conversation.messages.create(role="user", content=text)
-    reply = conversation.messages.create(role="assistant", status="queued", generation={"max_new_tokens": 6, "temperature": 0})
+    branches.append(conversation, role="user", content=text)
+    reply = branches.append(conversation, role="assistant", status="queued", generation={"max_new_tokens": 6, "temperature": 0})
     queue = jobs.LocalQueue(4)
     queue.put(reply.pk)
     bridge = Bridge(engine, queue, lambda events: None)

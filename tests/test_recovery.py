@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import jobs
+from chat import branches, jobs
 from chat.bridge import Bridge
 from chat.models import Message
 from chat.replies import do_recover_replies
@@ -40,7 +40,7 @@ class Taken:
 
 def streaming_reply(conversation_factory, user_factory, content="Once upon a time"):
     conversation = conversation_factory(user_factory("ann"), [("user", "Tell me a story")], persona="regular")
-    return conversation.messages.create(
+    return branches.append(conversation, 
         role="assistant", status="streaming", content=content, completion_tokens=5,
         generation={"max_new_tokens": 40, "seed": 3, "temperature": 0.8, "top_p": 0.95},
     )
@@ -82,7 +82,7 @@ def test_the_embedded_worker_requeues_queued_replies_and_fails_streaming_ones_ke
     committed_db, conversation_factory, user_factory
 ):
     reply = streaming_reply(conversation_factory, user_factory)
-    waiting = conversation_factory(user_factory("bob"), [("user", "Hi")]).messages.create(
+    waiting = branches.append(conversation_factory(user_factory("bob"), [("user", "Hi")]), 
         role="assistant", status="queued"
     )
     queue = jobs.LocalQueue(8)
@@ -98,7 +98,7 @@ def test_the_servers_cap_on_new_tokens_bounds_what_a_plan_or_request_asks(
 ):
     settings.GROK_MAX_NEW_TOKENS = 24
     conversation = conversation_factory(user_factory("ann"), [("user", "Hi")], persona="regular")
-    reply = conversation.messages.create(role="assistant", status="queued", generation={"max_new_tokens": 2048})
+    reply = branches.append(conversation, role="assistant", status="queued", generation={"max_new_tokens": 2048})
     (request,) = Bridge(engine, Taken(jobs.Job(reply.pk, "")), list).take(4, 0)
     assert request.params.max_new_tokens == 24
     engine.add(request)  # leaves the engine with the fixture's cleanup

@@ -1,12 +1,14 @@
 """Review: users' feedback on replies, and the admin's conversation review by role."""
 
 import json
+import re
 
 import pytest
 from django.contrib.auth.models import Group
 from django.test import Client
 from django.urls import reverse
 
+from chat import branches
 from chat.models import Conversation, ConversationView, Feedback, Message, PersonaVersion
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +23,8 @@ def chat(ann, conversation_factory):
     chat = conversation_factory(
         ann, [("user", "How do I feed a sourdough starter?")], persona="regular", title="Starter"
     )
-    chat.messages.create(
+    branches.append(
+        chat,
         role="assistant",
         content=HOSTILE,
         model_name="grok-1-tiny",
@@ -287,6 +290,24 @@ def test_the_page_shows_the_transcript_raw_for_the_shared_sanitiser(reviewer, ch
         assert detail in html, detail
 
 
+def test_the_page_shows_every_branch_and_marks_those_off_the_owners_screen(reviewer, chat):
+    question = chat.messages.get(role="user")
+    branches.add(chat, question.pk, role="assistant", content="A second version")  # a regenerate
+    edited = branches.add(chat, None, role="user", content="An edited question")
+    branches.add(chat, edited.pk, role="assistant", content="The answer on screen")
+    html = logged_in(reviewer).get(admin_url("conversation_change", chat.id)).content.decode()
+
+    articles = re.findall(r'<article class="review-message review-(\w+)( review-branch)?" id="message-(\d+)"', html)
+    ids = list(chat.messages.values_list("id", flat=True))
+    assert [(int(pk), role, bool(off)) for role, off, pk in articles] == [
+        (ids[0], "user", True), (ids[1], "assistant", True), (ids[2], "assistant", True),
+        (ids[3], "user", False), (ids[4], "assistant", False),
+    ]
+    assert html.count("another branch: not on the owner") == 3
+    assert html.count("version 1 of 2") == 2 and html.count("version 2 of 2") == 2  # the questions, the replies
+    assert f"after #{question.pk}" in html and "A second version" in html
+
+
 # --- export ---------------------------------------------------------------------------------
 
 
@@ -322,9 +343,10 @@ def test_the_jsonl_export_is_exact(reviewer, ann, chat, conversation_factory):
             "reviewed_at": None,
             "reviewed_by": None,
             "review_notes": "Check the HTML.",
+            "current_id": reply.id,
             "messages": [
                 {
-                    "id": question.id, "role": "user", "content": "How do I feed a sourdough starter?",
+                    "id": question.id, "parent_id": None, "role": "user", "content": "How do I feed a sourdough starter?",
                     "status": "done", "finish_reason": "", "error": "",
                     "created_at": question.created_at.isoformat(), "model_name": "",
                     "persona_version": None, "generation": {}, "prompt_tokens": 0,
@@ -332,7 +354,7 @@ def test_the_jsonl_export_is_exact(reviewer, ann, chat, conversation_factory):
                     "feedback": [],
                 },
                 {
-                    "id": reply.id, "role": "assistant", "content": HOSTILE, "status": "done",
+                    "id": reply.id, "parent_id": question.id, "role": "assistant", "content": HOSTILE, "status": "done",
                     "finish_reason": "", "error": "", "created_at": reply.created_at.isoformat(),
                     "model_name": "grok-1-tiny", "persona_version": 1,
                     "generation": {"temperature": 0.8, "top_p": 0.95, "seed": 7, "max_new_tokens": 512},
@@ -346,9 +368,10 @@ def test_the_jsonl_export_is_exact(reviewer, ann, chat, conversation_factory):
             "id": second.id, "title": "Two", "owner": "ann", "persona": "grok", "source": "web",
             "created_at": second.created_at.isoformat(), "updated_at": second.updated_at.isoformat(),
             "flagged": False, "reviewed_at": None, "reviewed_by": None, "review_notes": "",
+            "current_id": second.messages.get().id,
             "messages": [
                 {
-                    "id": second.messages.get().id, "role": "user", "content": "Ünïcode ✓",
+                    "id": second.messages.get().id, "parent_id": None, "role": "user", "content": "Ünïcode ✓",
                     "status": "done", "finish_reason": "", "error": "",
                     "created_at": second.messages.get().created_at.isoformat(), "model_name": "",
                     "persona_version": None, "generation": {}, "prompt_tokens": 0,

@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from chat import branches
 from chat.sharing import do_share
 
 pytestmark = pytest.mark.django_db
@@ -40,8 +41,8 @@ def test_a_shared_snapshot_opens_for_anyone_without_an_account_and_is_not_indexe
 
 def test_the_snapshot_keeps_what_existed_and_sharing_again_refreshes_the_same_link(ann, chat):
     first = do_share(ann, chat.id)
-    chat.messages.create(role="user", content="And 3+3?")
-    chat.messages.create(role="assistant", status="streaming", content="Si")  # not finished: not shared
+    branches.append(chat, role="user", content="And 3+3?")
+    branches.append(chat, role="assistant", status="streaming", content="Si")  # not finished: not shared
     assert "And 3+3?" not in Client().get(reverse("shared", args=[first.token])).content.decode()
     again = do_share(ann, chat.id)
     assert again.token == first.token

@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from chat import branches
 from chat.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
@@ -70,7 +71,7 @@ def test_conversation_page(ann_client, ann, conversation_factory):
     other = conversation_factory(ann, title="Older")
     turns = [("user", "Hi"), ("assistant", "Hey")]
     chat = conversation_factory(ann, turns, persona="regular", title="Now")
-    reply = chat.messages.create(role="assistant", status=Message.Status.STREAMING)
+    reply = branches.append(chat, role="assistant", status=Message.Status.STREAMING)
 
     response = ann_client.get(reverse("conversation", args=[chat.id]))
 

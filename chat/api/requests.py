@@ -18,7 +18,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from chat import actions, plans
+from chat import actions, branches, plans
 from chat.api.model_ids import get_persona_for_model
 from chat.errors import ChatError, api_error, bad_request
 from chat.inputs import parse_json
@@ -215,8 +215,10 @@ def do_start_api_completion(user: User, request: CompletionRequest) -> Message:
     )
     # Earlier replies come as text the client holds: stored finished, so the worker's history
     # has them, and charged to nobody (only the reply asked for now is).
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role=role, content=content) for role, content in request.turns
+    history = branches.add_tree(
+        conversation,
+        [Message(role=role, content=content) for role, content in request.turns],
+        [i - 1 if i else None for i in range(len(request.turns))],  # one path, each after the one before
     )
-    return actions.do_queue_reply(conversation, limits, extra)
+    return actions.do_queue_reply(conversation, limits, extra, parent=history[-1])
 

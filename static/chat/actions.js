@@ -1,6 +1,7 @@
 /*
  * The buttons under a message (drawn by controls.js): Copy, Edit (opens editor.js), Regenerate
- * (the `regenerate` frame) and thumbs up or down (saved over HTTP).
+ * (the `regenerate` frame), `< 2/3 >` (the `switch` frame: its `path` answer puts that version's
+ * branch on screen) and thumbs up or down (saved over HTTP).
  */
 import { state, isBusy } from "./state.js";
 import { sendFrame } from "./socket.js";
@@ -19,6 +20,7 @@ export function setUpActions() {
     if (action === "copy") copy(record, target);
     else if (action === "edit") openEditor(record);
     else if (action === "regenerate") regenerate();
+    else if (action === "version") showVersion(Number(target.dataset.target));
     else if (action === "feedback") rate(record, target.dataset.rating);
   });
 }
@@ -37,6 +39,11 @@ function regenerate() {
     clearError();
     refresh();
   } else showError("Not connected — reconnecting.");
+}
+
+function showVersion(messageId) {
+  if (isBusy() || !messageId) return;
+  if (!sendFrame({ type: "switch", message_id: messageId })) showError("Not connected — reconnecting.");
 }
 
 function rate(record, rating) {

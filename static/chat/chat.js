@@ -4,10 +4,11 @@
  *
  *   socket.js        the websocket: connect, reconnect, close codes, frame dispatch, resume
  *   messages.js      message records and their rendering (model output only via render.js)
- *   transcript.js    reply frames: accepted's messages, queued, delta, done, a reply's error
+ *   transcript.js    reply frames: accepted's messages, queued, delta, done, a reply's error;
+ *                    path (another branch on screen)
  *   conversation.js  accepted and error for the page's own frames (address, sidebar, refusals)
  *   controls.js      status lines and buttons that depend on the whole conversation
- *   actions.js       the buttons under a message; editor.js edits the last user message
+ *   actions.js       the buttons under a message, versions; editor.js edits a user message
  *   composer.js      the message box, send, stop, persona menu
  *   sidebar.js       the conversation list, rename, delete; search.js searches it
  *   protocol.js      close codes, code-point offsets, client ids (docs/protocol.md)
@@ -17,14 +18,14 @@
 import { state } from "./state.js";
 import { socket, startSocket } from "./socket.js";
 import { readPage, scrollToBottom } from "./messages.js";
-import { onQueued, onDelta, onDone, resumeActive } from "./transcript.js";
+import { onQueued, onDelta, onDone, showPath, resumeActive } from "./transcript.js";
 import { onAccepted, onError, onConnectionLost } from "./conversation.js";
 import { refresh } from "./controls.js";
 import { setUpActions } from "./actions.js";
 import { setUpEditor } from "./editor.js";
 import { setUpComposer, focusComposer, closePersonaMenu, stop } from "./composer.js";
 import { setUpSidebar, closeSidebar } from "./sidebar.js";
-import { setUpSearch, showLinkedMessage } from "./search.js";
+import { setUpSearch, showLinkedMessage, askForLinkedBranch } from "./search.js";
 import { setUpShare } from "./share.js";
 import { refreshPlan } from "./plan.js";
 
@@ -57,8 +58,15 @@ if (!showLinkedMessage()) scrollToBottom();
 // A search result in this same conversation only changes the address's #m-<id>.
 window.addEventListener("hashchange", showLinkedMessage);
 startSocket(config.wsPath, {
-  frames: { accepted: onAccepted, queued: onQueued, delta: onDelta, done: (frame) => { onDone(frame); refreshPlan(); }, error: onError },
-  open: resumeActive,
+  frames: {
+    accepted: onAccepted,
+    queued: onQueued,
+    delta: onDelta,
+    done: (frame) => { onDone(frame); refreshPlan(); },
+    path: (frame) => { showPath(frame); showLinkedMessage(); },
+    error: onError,
+  },
+  open: () => { resumeActive(); askForLinkedBranch(); },
   lost: onConnectionLost,
 });
 focusComposer();

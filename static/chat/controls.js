@@ -1,8 +1,8 @@
 /*
  * What the page shows that depends on the whole conversation, redrawn after any change of
- * state: each message's state classes, status line and action buttons (which message may be
- * edited or regenerated depends on all of them, and on whether anything is in flight), and
- * whether the composer offers Send or Stop.
+ * state: each message's state classes, status line, versions (`< 2/3 >`) and action buttons
+ * (which message may be regenerated depends on all of them, and on whether anything is in
+ * flight), and whether the composer offers Send or Stop.
  */
 import { state, isBusy } from "./state.js";
 import { isActive, lastOfRole } from "./messages.js";
@@ -39,8 +39,32 @@ function button(label, action, description) {
   return b;
 }
 
+// `< 2/3 >`: the buttons name the version they show (actions.js sends `switch` for it).
+function versionNav(record, busy) {
+  const nav = document.createElement("span");
+  nav.className = "message-versions";
+  const at = record.versions.indexOf(record.id);
+  const count = record.versions.length;
+  const step = (label, target, description) => {
+    const b = button(label, "version", description);
+    b.classList.add("message-icon");
+    if (target == null || busy) b.disabled = true;
+    else b.dataset.target = String(target);
+    return b;
+  };
+  const where = document.createElement("span");
+  where.className = "message-version";
+  where.textContent = at + 1 + "/" + count;
+  where.setAttribute("aria-label", "Version " + (at + 1) + " of " + count);
+  nav.append(
+    step("‹", at > 0 ? record.versions[at - 1] : null, "Previous version"),
+    where,
+    step("›", at < count - 1 ? record.versions[at + 1] : null, "Next version")
+  );
+  return nav;
+}
+
 export function refresh() {
-  const lastUser = lastOfRole("user");
   const lastAssistant = lastOfRole("assistant");
   const busy = isBusy();
   state.messages.forEach((record) => {
@@ -51,12 +75,12 @@ export function refresh() {
     el.classList.toggle("is-stopped", record.status === "stopped");
     if (isActive(record)) el.setAttribute("aria-busy", "true");
     else el.removeAttribute("aria-busy");
-    if (!record.editing) drawFooter(record, record === lastUser, record === lastAssistant, busy);
+    if (!record.editing) drawFooter(record, record === lastAssistant, busy);
   });
   refreshComposer();
 }
 
-function drawFooter(record, isLastUser, isLastAssistant, busy) {
+function drawFooter(record, isLastAssistant, busy) {
   record.footer.replaceChildren();
   const text = statusText(record);
   if (text) {
@@ -66,10 +90,11 @@ function drawFooter(record, isLastUser, isLastAssistant, busy) {
     record.footer.appendChild(status);
   }
   if (isActive(record) || record.id == null) return;
+  if (record.versions.length > 1) record.footer.appendChild(versionNav(record, busy));
   const actions = document.createElement("span");
   actions.className = "message-actions";
   if (record.content) actions.appendChild(button("Copy", "copy", "Copy this message"));
-  if (!busy && isLastUser) actions.appendChild(button("Edit", "edit", "Edit and resend your last message"));
+  if (!busy && record.role === "user") actions.appendChild(button("Edit", "edit", "Edit and resend this message"));
   if (!busy && isLastAssistant && state.conversationId)
     actions.appendChild(button("Regenerate", "regenerate", "Write this reply again"));
   if (record.role === "assistant" && record.content && feedbackTemplate) {

@@ -1,6 +1,7 @@
 /*
- * Editing the last user message in place: the editor form, and its `edit` frame (the new
- * text and the reply after it arrive with `accepted`; a refusal leaves the editor open).
+ * Editing a user message in place: the editor form, and its `edit` frame (the edit, a new
+ * version of the message, and the reply to it arrive with `accepted`, what followed the old
+ * version is a version away; a refusal leaves the editor open).
  */
 import { newClientId } from "./protocol.js";
 import { state } from "./state.js";

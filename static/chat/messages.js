@@ -1,6 +1,7 @@
 /*
- * Message records: one per <article class="message"> in the transcript, made here or read
- * back from the page, kept by id in state.messages. A record's body is what the user typed
+ * Message records: one per <article class="message"> in the transcript (the branch on screen),
+ * made here or read back from the page, kept by id in state.messages. A record's `versions`
+ * are the ids of the message and its siblings, oldest first (chat/branches.py). A record's body is what the user typed
  * (textContent) or model output, shown only through GrokRender.render (render.js), re-rendered
  * at most every 100 ms while it streams. The transcript stays scrolled to the bottom if it was.
  */
@@ -37,6 +38,7 @@ function attachRecord(el, fields) {
     finishReason: fields.finishReason || "",
     position: null, // in the queue, while queued
     rating: fields.rating || null, // the user's thumbs up or down, if given
+    versions: fields.versions || (fields.id != null ? [fields.id] : []),
     editing: false,
     el: el,
     body: el.querySelector(".message-body"),
@@ -49,6 +51,7 @@ function attachRecord(el, fields) {
   record.length = cpLength(record.content);
   el.className = "message message-" + record.role;
   if (record.id != null) {
+    el.id = "m-" + record.id; // search results link here
     el.dataset.id = String(record.id);
     state.messages.set(record.id, record);
   }
@@ -68,6 +71,7 @@ export function readPage() {
       error: el.dataset.error,
       finishReason: el.dataset.finishReason,
       rating: el.dataset.rating,
+      versions: el.dataset.versions ? el.dataset.versions.split(",").map(Number) : null,
     });
     if (record.id === state.activeId && isActive(record)) {
       // The HTML parser turns "\r\n" into "\n", so the text read back from the page can be
@@ -82,6 +86,7 @@ export function readPage() {
 export function setId(record, id) {
   state.messages.delete(record.id);
   record.id = id;
+  record.el.id = "m-" + id;
   record.el.dataset.id = String(id);
   state.messages.set(id, record);
 }
@@ -109,7 +114,15 @@ export function dropRecord(record) {
   if (!list.children.length) welcome.hidden = false;
 }
 
-// Drops every message after `record` (an edit or regenerate replaces what followed it).
+// Takes every message off the page (another branch is coming: transcript.js showPath).
+export function clearRecords() {
+  state.messages.forEach((record) => clearTimeout(record.renderTimer));
+  state.messages.clear();
+  list.replaceChildren();
+  welcome.hidden = false;
+}
+
+// Drops every message after `record` (an edit or regenerate starts a new branch there).
 export function removeAfter(record) {
   let node = record.el.nextElementSibling;
   while (node) {

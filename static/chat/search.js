@@ -3,11 +3,13 @@
  * and shows them, each with a snippet of the matching message, in place of the list. Esc in
  * the box clears it. Results are written as text only: the snippet comes as [text, is_match]
  * parts (chat/search.py) and matches go in <mark> elements. A result opens its conversation at
- * the matching message (#m-<id>), which showLinkedMessage scrolls to and marks.
+ * the matching message (#m-<id>), which showLinkedMessage scrolls to and marks, after putting
+ * its branch on screen when it is on another one.
  */
 import { state } from "./state.js";
 import { urls } from "./http.js";
 import { conversationItem } from "./sidebar.js";
+import { sendFrame } from "./socket.js";
 
 const DEBOUNCE_MS = 250;
 
@@ -86,12 +88,29 @@ function resultItem(result) {
 }
 
 // The message named by the address's #m-<id>, scrolled into view and marked; false if none.
+// A result on another branch than the one shown is asked for (`switch`) once the socket is
+// open; its `path` answer calls this again (chat.js). Each message is asked for once, so a
+// link to one that is gone cannot loop.
+let unseen = null;
+const asked = new Set();
+
 export function showLinkedMessage() {
   const match = /^#m-(\d+)$/.exec(location.hash);
   const target = match && document.getElementById("m-" + match[1]);
+  if (match && !target && state.conversationId) {
+    unseen = Number(match[1]);
+    askForLinkedBranch();
+  }
   if (!target) return false;
+  unseen = null;
   document.querySelectorAll(".message.is-linked").forEach((el) => el.classList.remove("is-linked"));
   target.classList.add("is-linked");
   target.scrollIntoView({ block: "center" });
   return true;
+}
+
+// On (re)connect too: the page may have loaded before the socket could ask.
+export function askForLinkedBranch() {
+  if (unseen == null || asked.has(unseen)) return;
+  if (sendFrame({ type: "switch", message_id: unseen })) asked.add(unseen);
 }

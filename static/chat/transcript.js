@@ -2,12 +2,13 @@
  * What the server says about replies, applied to the transcript: the messages of an `accepted`
  * (the user's message confirmed, the new reply added), `queued` (its place in line), `delta`
  * (text at an offset, see appendDelta), `done` (the saved reply, which wins), a reply's
- * `error`, and `resume` of the active reply when the socket (re)connects.
+ * `error`, `path` (another branch on screen, after a `switch`), and `resume` of the active
+ * reply when the socket (re)connects.
  */
 import { cpDrop, cpLength } from "./protocol.js";
 import { state } from "./state.js";
 import { resume } from "./socket.js";
-import { makeRecord, addRecord, setId, removeAfter, renderNow, scheduleRender, isActive } from "./messages.js";
+import { makeRecord, addRecord, clearRecords, setId, removeAfter, renderNow, scheduleRender, isActive } from "./messages.js";
 import { refresh } from "./controls.js";
 import { closeEditor } from "./editor.js";
 
@@ -25,15 +26,37 @@ export function showAccepted(frame, pending) {
     addRecord(user);
   }
   if (typeof userInfo.content === "string") user.content = userInfo.content;
+  if (Array.isArray(userInfo.versions)) user.versions = userInfo.versions;
   if (user.editing) closeEditor(user);
   user.el.classList.remove("is-pending");
   renderNow(user);
   removeAfter(user);
 
   const info = frame.assistant_message || {};
-  const reply = makeRecord({ id: info.id, role: "assistant", status: info.status || "queued" });
+  const reply = makeRecord({ id: info.id, role: "assistant", status: info.status || "queued", versions: info.versions });
   state.activeId = reply.id;
   addRecord(reply);
+}
+
+// The answer to a `switch`: the branch now on screen, shown in place of the one that was.
+export function showPath(frame) {
+  if (frame.conversation_id !== state.conversationId || !Array.isArray(frame.messages)) return;
+  clearRecords();
+  frame.messages.forEach((m) => {
+    const record = makeRecord({
+      id: m.id,
+      role: m.role,
+      status: m.status,
+      content: m.content,
+      error: m.error,
+      finishReason: m.finish_reason,
+      rating: m.rating,
+      versions: m.versions,
+    });
+    addRecord(record);
+    if (isActive(record)) state.activeId = record.id;
+  });
+  refresh();
 }
 
 export function onQueued(frame) {
