@@ -50,6 +50,15 @@ def test_the_snapshot_keeps_what_existed_and_sharing_again_refreshes_the_same_li
     assert "And 3+3?" in Client().get(reverse("shared", args=[first.token])).content.decode()
 
 
+def test_the_snapshot_is_the_branch_on_screen_only(ann, chat):
+    question = chat.messages.first()
+    branches.add(chat, question.pk, role="assistant", content="Five, for large values of two")  # a regenerate
+    assert [m["content"] for m in do_share(ann, chat.id).messages] == ["What is 2+2?", "Five, for large values of two"]
+    chat.current = question.children.first()  # back to the first version
+    chat.save()
+    assert [m["content"] for m in do_share(ann, chat.id).messages] == ["What is 2+2?", "**Four**"]
+
+
 def test_links_are_listed_in_the_settings_and_a_revoked_one_is_gone(ann_client, ann, chat):
     token = do_share(ann, chat.id).token
     page = ann_client.get(reverse("settings")).content.decode()
