@@ -207,7 +207,7 @@ def do_switch_version(user: User, message_id: int) -> tuple[Conversation, list[M
     message = get_message(user, message_id)
     conversation = get_conversation(user, message.conversation_id, lock=True)
     check_no_active_reply(conversation)
-    tree = branches.tree_of(conversation, conversation.messages.only("id", "parent_id"))
+    tree = branches.tree_of(conversation, fields=())
     conversation.current_id = tree.newest_leaf(message.pk)
     conversation.save(update_fields=["current"])  # not updated_at: looking is not a change
     return conversation, branches.shown_path(conversation, conversation.messages.prefetch_related("feedback"))

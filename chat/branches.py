@@ -59,10 +59,17 @@ class Tree:
         return self.newest_leaf(start)
 
 
-def tree_of(conversation: Conversation, messages: QuerySet[Message] | None = None) -> Tree:
-    """The conversation's tree, from `messages` (a queryset of its messages, to prefetch or
-    leave out fields) or all of them."""
-    return Tree(messages if messages is not None else conversation.messages.all())
+def tree_of(
+    conversation: Conversation, messages: QuerySet[Message] | None = None, *, fields: Sequence[str] | None = None
+) -> Tree:
+    """The conversation's tree, from `messages` (a queryset of its messages, with what to
+    prefetch) or all of them; `fields`: load only those besides what the tree needs."""
+    if messages is None:
+        messages = conversation.messages.all()
+    if fields is not None:
+        # `conversation` too: the related manager reads it on every row, one query each if deferred.
+        messages = messages.only("conversation", "parent", *fields)
+    return Tree(messages)
 
 
 def shown_path(conversation: Conversation, messages: QuerySet[Message] | None = None) -> list[Message]:
@@ -90,7 +97,7 @@ def add(conversation: Conversation, parent_id: int | None, **fields) -> Message:
 
 def append(conversation: Conversation, **fields) -> Message:
     """A new message at the end of the path on screen."""
-    tree = tree_of(conversation, conversation.messages.only("id", "parent_id"))
+    tree = tree_of(conversation, fields=())
     return add(conversation, tree.shown_leaf(conversation), **fields)
 
 

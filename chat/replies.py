@@ -89,7 +89,7 @@ def do_start_reply(
         # The reply's branch (chat/branches.py): the turns with text before it, as they were on
         # screen when it was asked for. A stopped reply counts as what the user saw.
         conversation = reply.conversation
-        tree = branches.tree_of(conversation, conversation.messages.only("id", "parent_id", "role", "content"))
+        tree = branches.tree_of(conversation, fields=("role", "content"))
         turns = [(m.role, m.content) for m in tree.path_to(reply.parent_id) if m.content]
         # The plan's limits, recorded on the queued reply, within the server's and the model's.
         limits = reply.generation or {}

@@ -4,6 +4,7 @@ migration that links the messages of conversations written before branches."""
 import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
+from django.test.utils import CaptureQueriesContext
 
 from chat import actions, branches, jobs
 from chat.models import Conversation as Current
@@ -51,6 +52,17 @@ def test_a_reply_is_written_from_its_own_branch_only(ann, job_calls):
     prompt = prompt_of(next_reply)
     assert prompt.index("Pick a colour") < prompt.index("Green, obviously.") < prompt.index("Why?")
     assert "Blue" not in prompt and "number" not in prompt and "Seven" not in prompt
+
+
+def test_the_queries_of_a_turn_do_not_grow_with_the_conversation(ann, job_calls, conversation_factory):
+    def queries_of_a_turn(turns: int) -> int:
+        chat = conversation_factory(ann, [("user", "Q"), ("assistant", "A")] * turns)
+        with CaptureQueriesContext(connection) as sent:
+            _, reply = actions.do_send_message(ann, conversation_id=chat.id, content="Next", persona_slug=None)
+            prompt_of(reply)
+        return len(sent.captured_queries)
+
+    assert queries_of_a_turn(20) == queries_of_a_turn(1)
 
 
 def test_the_tree_shows_the_newest_branch_below_current(ann, conversation_factory):
