@@ -53,8 +53,7 @@ export function showPath(frame) {
       rating: m.rating,
       versions: m.versions,
     });
-    addRecord(record);
-    if (isActive(record)) state.activeId = record.id;
+    addRecord(record); // none is active: the server refuses `switch` while a reply is written
   });
   refresh();
 }
