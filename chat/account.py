@@ -66,6 +66,8 @@ def do_set_instructions(user: User, text: object) -> str:
 def instructions_for(user: User) -> str:
     """What goes into the prompt: the saved text, cut to the current plan's bound (a user who
     moved to a smaller plan keeps their text but the model sees only what the plan allows)."""
+    if not user.custom_instructions:  # most users: no plan to look up on the way to a reply
+        return ""
     return user.custom_instructions[: plans.current_plan(user).instructions_chars].strip()
 
 

@@ -34,10 +34,16 @@ def check_content(content: object) -> str:
     return content
 
 
-def check_persona_allowed(user: User, persona: Persona) -> None:
-    """Active personas only, and only those the user's plan includes (`quota` otherwise)."""
+def check_persona_active(persona: Persona) -> None:
+    """A conversation goes on only with an active persona. Whether the plan includes it is
+    checked with the quota (`plans.check_can_generate`), so the plan is looked up once."""
     if not persona.is_active:
         raise ChatError("not_found", "That persona is not available.")
+
+
+def check_persona_allowed(user: User, persona: Persona) -> None:
+    """Active personas only, and only those the user's plan includes (`quota` otherwise)."""
+    check_persona_active(persona)
     plans.check_persona_in_plan(plans.current_plan(user), persona)
 
 
@@ -70,29 +76,34 @@ def get_message(user: User, message_id: int) -> Message:
         raise ChatError("not_found", "No such message.") from None
 
 
-def get_persona(user: User, slug: str | None) -> Persona:
-    """The persona named by `slug`, or the first one on the list the user may use when no slug
-    is given."""
-    personas = Persona.objects.filter(is_active=True)
-    if not slug:
-        persona = next((p for p in personas_for(user) if p.allowed), None)
-    else:
-        persona = personas.filter(slug=slug).first()
+def active_persona(slug: str) -> Persona:
+    """The active persona named `slug`; whether the user's plan includes it is the caller's to
+    check (`check_persona_allowed`, or the quota check of a reply)."""
+    persona = Persona.objects.filter(is_active=True, slug=slug).first()
     if persona is None:
         raise ChatError("not_found", "That persona is not available.")
-    check_persona_allowed(user, persona)
+    return persona
+
+
+def get_persona(user: User, slug: str | None) -> Persona:
+    """The persona named by `slug`, or the first one on the list the user may use when no slug
+    is given; one the user's plan includes (`quota` otherwise)."""
+    if slug:
+        persona = active_persona(slug)
+        check_persona_allowed(user, persona)
+        return persona
+    persona = next((p for p in personas_for(user) if p.allowed), None)
+    if persona is None:
+        raise ChatError("not_found", "That persona is not available.")
     return persona
 
 
 def personas_for(user: User) -> list[Persona]:
     """Active personas, each with `allowed` telling whether this user may chat with it."""
     personas = list(Persona.objects.filter(is_active=True))
+    included = set(plans.current_plan(user).personas.values_list("pk", flat=True))  # two queries, not two a persona
     for persona in personas:
-        try:
-            check_persona_allowed(user, persona)
-            persona.allowed = True
-        except ChatError:
-            persona.allowed = False
+        persona.allowed = persona.pk in included
     return personas
 
 
@@ -136,16 +147,21 @@ def do_send_message(
     taken from the message."""
     content = check_content(content)
     if conversation_id is None:
-        persona = get_persona(user, persona_slug)
+        # The plan's say on the persona comes with the quota, below: looked up once.
+        persona = active_persona(persona_slug) if persona_slug else get_persona(user, None)
         conversation = Conversation.objects.create(
             owner=user, persona=persona, title=title_from(content)
         )
     else:
         conversation = get_conversation(user, conversation_id, lock=True)
-        check_persona_allowed(user, conversation.persona)
+        check_persona_active(conversation.persona)
         check_no_active_reply(conversation)
     limits = plans.check_can_generate(user, conversation.persona)
-    message = branches.append(conversation, role=Message.Role.USER, content=content)
+    fields = {"role": Message.Role.USER, "content": content, "shown": False}  # its reply is, next
+    if conversation_id is None:  # the first message: nothing to follow
+        message = branches.add(conversation, None, **fields)
+    else:
+        message = branches.append(conversation, **fields)
     return message, do_queue_reply(conversation, limits, parent=message)
 
 
@@ -173,7 +189,7 @@ def do_regenerate(user: User, conversation_id: int) -> tuple[Message, Message]:
     """Write the last reply on screen again, as a new version of it (the old one is kept);
     returns (the user message it answers, the new reply)."""
     conversation = get_conversation(user, conversation_id, lock=True)
-    check_persona_allowed(user, conversation.persona)
+    check_persona_active(conversation.persona)
     check_no_active_reply(conversation)
     path = branches.shown_path(conversation)
     message = next((m for m in reversed(path) if m.role == Message.Role.USER), None)
@@ -192,10 +208,10 @@ def do_edit_message(user: User, message_id: int, content: str) -> tuple[Message,
     if message.role != Message.Role.USER:
         raise ChatError("not_found", "No such message.")
     conversation = get_conversation(user, message.conversation_id, lock=True)
-    check_persona_allowed(user, conversation.persona)
+    check_persona_active(conversation.persona)
     check_no_active_reply(conversation)
     limits = plans.check_can_generate(user, conversation.persona)
-    edited = branches.add(conversation, message.parent_id, role=Message.Role.USER, content=content)
+    edited = branches.add(conversation, message.parent_id, role=Message.Role.USER, content=content, shown=False)
     return edited, do_queue_reply(conversation, limits, parent=edited)
 
 

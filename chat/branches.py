@@ -87,18 +87,21 @@ def versions(message: Message) -> list[int]:
     return list(siblings.order_by("id").values_list("id", flat=True))
 
 
-def add(conversation: Conversation, parent_id: int | None, **fields) -> Message:
-    """A new message after `parent_id`, which ends the branch on screen from now on."""
+def add(conversation: Conversation, parent_id: int | None, *, shown: bool = True, **fields) -> Message:
+    """A new message after `parent_id`, which ends the branch on screen from now on (`shown`;
+    False where the caller adds the message that follows it at once, a reply: one save less on
+    the way to a reply's first token)."""
     message = conversation.messages.create(parent_id=parent_id, **fields)
-    conversation.current = message
-    conversation.save(update_fields=["current", "updated_at"])
+    if shown:
+        conversation.current = message
+        conversation.save(update_fields=["current", "updated_at"])
     return message
 
 
-def append(conversation: Conversation, **fields) -> Message:
+def append(conversation: Conversation, *, shown: bool = True, **fields) -> Message:
     """A new message at the end of the path on screen."""
     tree = tree_of(conversation, fields=())
-    return add(conversation, tree.shown_leaf(conversation), **fields)
+    return add(conversation, tree.shown_leaf(conversation), shown=shown, **fields)
 
 
 def add_tree(conversation: Conversation, messages: Sequence[Message], parents: Sequence[int | None],
