@@ -9,16 +9,20 @@ and replies of up to 64 tokens, prompts written by chat/prompts.py as the worker
    TTFT of turns 1, 5 and 10 (mean over the 8), prefill tokens computed, total tokens/s.
 
 Runs alternate A (GROK_PREFIX_CACHE=0: no reuse) and B (8 spare rows) twice, A B A B, each on a
-fresh engine. Sampling is seeded, so A and B write the same replies and do the same work but for
-what B reuses.
+fresh engine warmed up by one short request of another tenant. Sampling is seeded, so A and B
+write the same replies and do the same work but for what B reuses.
 
-    .venv/bin/python -m bench.multiturn [--checkpoint DIR] [--repeats 2]
+    .venv/bin/python -m bench.multiturn [--checkpoint DIR | --wide] [--repeats 2] [--conversations 8]
 
-Without --checkpoint it builds the tiny checkpoint into a temporary folder. Results:
-docs/BENCHMARKS.md.
+Without --checkpoint it builds the tiny checkpoint into a temporary folder; --wide runs a seeded
+random int8 checkpoint at Grok-1's width (bench/llama_peer.py's shape: 2 layers, 8 experts of
+8192, emb 6144, 48/8 heads of 128; cached under var/multiturn/) in bfloat16, as a worker runs
+int8 weights on the CPU. Its prefill costs ~1,000x the tiny model's a token, hence
+--conversations to run fewer at once. Results: docs/BENCHMARKS.md.
 """
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import tempfile
@@ -75,6 +79,22 @@ class Chat:
         return Request(f"{self.user}-{turn}", prompt.ids, params, cache_salt=self.user, public_prefix=public)
 
 
+def wide_checkpoint() -> Path:
+    """The Grok-1-width random checkpoint, written once under var/multiturn/: int8 weights drawn
+    straight (a layer in memory at a time), with the tiny model's tokenizer, and room for the
+    tenth turn's ~1,450 tokens."""
+    from bench.llama_peer import wide_config
+    from inference.tiny import make_random_int8, train_tokenizer
+
+    config = dataclasses.replace(wide_config(layers=2, experts=8, ffn=8192), context_len=2048)
+    folder = Path(__file__).resolve().parents[1] / "var" / "multiturn" / f"wide-{config.num_layers}x{config.num_experts}x{config.ffn_size}"
+    if not (folder / "config.json").exists():
+        print(f"writing {folder} ...", flush=True)
+        make_random_int8(folder, config, seed=0, model_name="grok-1-wide-random")
+        (folder / "tokenizer.model").write_bytes(train_tokenizer(config.vocab_size))
+    return folder
+
+
 def serve(engine: Engine, persona: str, chats: list[Chat]) -> tuple[int, float]:
     """Run every chat to its last turn, all at once -> (tokens generated, seconds)."""
     pending = {}  # request id -> (chat, request, added at, first token at, reply text)
@@ -108,11 +128,22 @@ def serve(engine: Engine, persona: str, chats: list[Chat]) -> tuple[int, float]:
     return generated, time.perf_counter() - start
 
 
-def run(checkpoint: Path, prefix_cache: int, persona: str, messages: list[list[str]]) -> dict:
-    alone = Engine(checkpoint, quant="none", max_batch=CONVERSATIONS, prefix_cache=prefix_cache)
+def warm(engine: Engine) -> Engine:
+    """One short request first, of another tenant (nothing of it is reused): a fresh engine's
+    first forward pass costs more than the rest, and turn 1 would carry that."""
+    ids = engine.tokenizer.encode("A few words to warm the engine up.")
+    engine.add(Request("warm-up", ids, SamplingParams(max_new_tokens=2), cache_salt="warm-up"))
+    while engine.has_work():
+        engine.step()
+    engine.stats = type(engine.stats)()  # the hit rate counts the chats only
+    return engine
+
+
+def run(checkpoint: Path, engine_args: dict, prefix_cache: int, persona: str, messages: list[list[str]]) -> dict:
+    alone = warm(Engine(checkpoint, max_batch=len(messages), prefix_cache=prefix_cache, **engine_args))
     one = Chat("solo", messages[0])
     serve(alone, persona, [one])
-    loaded = Engine(checkpoint, quant="none", max_batch=CONVERSATIONS, prefix_cache=prefix_cache)
+    loaded = warm(Engine(checkpoint, max_batch=len(messages), prefix_cache=prefix_cache, **engine_args))
     chats = [Chat(f"user{i}", m) for i, m in enumerate(messages)]
     tokens, seconds = serve(loaded, persona, chats)
     return {
@@ -131,31 +162,39 @@ def run(checkpoint: Path, prefix_cache: int, persona: str, messages: list[list[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: build the tiny one)")
+    parser.add_argument("--wide", action="store_true", help="a random int8 checkpoint at Grok-1's width")
     parser.add_argument("--repeats", type=int, default=2, help="A B pairs (default 2: A B A B)")
+    parser.add_argument("--conversations", type=int, default=CONVERSATIONS, help="at once, in the second part")
     args = parser.parse_args()
+    engine_args = {"quant": "none"}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint
+        if args.wide:
+            checkpoint = wide_checkpoint()
+            engine_args = {"quant": "int8", "device": "cpu", "dtype": torch.bfloat16}
         if checkpoint is None:
             from inference.tiny import make_tiny
 
             checkpoint = Path(tmp) / "tiny"
             make_tiny(checkpoint, seed=0)
-        probe = Engine(checkpoint, quant="none", max_batch=1, prefix_cache=0)
+        probe = Engine(checkpoint, max_batch=1, prefix_cache=0, **engine_args)
         persona, messages = texts(probe)
+        messages = messages[: args.conversations]
         print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
         print(f"persona {len(probe.tokenizer.encode(persona))} tokens, {TURNS} turns, replies <= {REPLY_TOKENS} tokens")
+        del probe  # its weights: the runs load their own
         results: dict[str, list[dict]] = {"A": [], "B": []}
         for i in range(args.repeats):
-            for mode, rows in (("A", 0), ("B", CONVERSATIONS)):
-                results[mode].append(run(checkpoint, rows, persona, messages))
+            for mode, rows in (("A", 0), ("B", len(messages))):
+                results[mode].append(run(checkpoint, engine_args, rows, persona, messages))
                 print(f"run {i + 1} {mode} done", flush=True)
         # Seeded sampling: reuse must not change a word.
         assert all(r["replies"] == results["A"][0]["replies"] for rs in results.values() for r in rs)
-        report(results)
+        report(results, len(messages))
 
 
-def report(results: dict[str, list[dict]]) -> None:
-    names = {"A": "A, no reuse (GROK_PREFIX_CACHE=0)", "B": f"B, reuse (GROK_PREFIX_CACHE={CONVERSATIONS})"}
+def report(results: dict[str, list[dict]], conversations: int) -> None:
+    names = {"A": "A, no reuse (GROK_PREFIX_CACHE=0)", "B": f"B, reuse (GROK_PREFIX_CACHE={conversations})"}
 
     def ms(values: list[float]) -> str:
         return " / ".join(f"{v * 1000:.0f}" for v in values)
@@ -166,7 +205,7 @@ def report(results: dict[str, list[dict]]) -> None:
         for r in runs:
             tokens = " / ".join(f"{c}/{p}" for c, p in zip(r["alone_computed"], r["alone_prompt"]))
             print(f"{names[mode]:<36} {ms(r['alone_ttft']):<22} {tokens}")
-    print(f"\n{CONVERSATIONS} conversations at once, each run:")
+    print(f"\n{conversations} conversations at once, each run:")
     print(f"{'mode':<36} {'mean TTFT ms, turns 1/5/10':<28} {'prefilled / prompt tokens':<27} {'tokens/s':>8} {'hit rate':>9}")
     for mode, runs in results.items():
         for r in runs:
