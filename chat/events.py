@@ -48,6 +48,7 @@ def done_event(reply: Message) -> dict:
         "usage": {
             "prompt_tokens": reply.prompt_tokens,
             "completion_tokens": reply.completion_tokens,
+            "cached_tokens": reply.cached_tokens,  # of prompt_tokens, from the engine's prefix cache
         },
         "error": reply.error,
         "error_code": reply.error_code,

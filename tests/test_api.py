@@ -306,7 +306,7 @@ reply = Message.objects.select_related("conversation").filter(role="assistant", 
 conversation = reply.conversation
 print(json.dumps({
     "status": reply.status, "finish_reason": reply.finish_reason, "content": reply.content,
-    "completion_tokens": reply.completion_tokens, "generation": reply.generation,
+    "completion_tokens": reply.completion_tokens, "cached_tokens": reply.cached_tokens, "generation": reply.generation,
     "source": conversation.source, "owner": conversation.owner.username,
     "title": conversation.title, "charged": UsageEntry.objects.filter(message=reply).exists(),
     "turns": [[m.role, m.content] for m in conversation.messages.all()],
@@ -408,6 +408,17 @@ def test_streaming_with_usage(embedded_server, new_user):
     assert text == stored["content"] and stored["completion_tokens"] == last.usage.completion_tokens
 
 
+def test_usage_counts_the_prompt_tokens_reused_from_the_prefix_cache(embedded_server, new_user):
+    _, key = new_user()
+    client = client_for(embedded_server, key)
+    ask = lambda: client.chat.completions.create(model="grok-1:regular", messages=HELLO, max_tokens=4, seed=2)  # noqa: E731
+    first, again = ask(), ask()
+    # The second asks what the first did: all of its prompt but the last token is reused.
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+    assert reply_of(embedded_server, again.id)["cached_tokens"] == again.usage.prompt_tokens - 1
+
+
 def test_sse_framing_byte_for_byte(embedded_server, new_user):
     _, key = new_user()
     body = {
@@ -451,7 +462,7 @@ def test_sse_framing_byte_for_byte(embedded_server, new_user):
     assert chunks[-2] == first | {"choices": choice({}, reason)}
     usage = chunks[-1]["usage"]
     assert chunks[-1] == first | {"choices": [], "usage": usage}
-    assert list(usage) == ["prompt_tokens", "completion_tokens", "total_tokens"]
+    assert list(usage) == ["prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"]
     assert 0 < usage["completion_tokens"] <= 8
 
 

@@ -19,8 +19,15 @@ def finish_reason(done: dict) -> str:
 
 
 def usage(done: dict) -> dict:
+    """OpenAI's usage object, with the prompt tokens reused from the engine's prefix cache in
+    OpenAI's place for them (`prompt_tokens_details.cached_tokens`)."""
     prompt, completion = done["usage"]["prompt_tokens"], done["usage"]["completion_tokens"]
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": done["usage"]["cached_tokens"]},
+    }
 
 
 def failure(done: dict) -> ApiError | None:
