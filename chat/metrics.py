@@ -8,8 +8,9 @@ Daphne). The worker's metrics carry `model` and `worker` labels (the worker is i
 consumer name, host-pid, or "embedded").
 
 Replies are counted by the worker as they end (`observe_finished`, from the serving loop's
-updates, so failures count too); steps, the replies running and waiting and the KV cache use by
-`Metered`, a thin wrapper of the engine the loop drives.
+updates, so failures count too); steps, the replies running and waiting, the KV cache use and the
+prefix cache's requests, hits and evictions by `Metered`, a thin wrapper of the engine the loop
+drives.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ REQUEST_SUCCESS = Counter(
     (*LABELS, "finished_reason"),
 )
 ENGINE_STEPS = Counter("grokweb_engine_steps", "Engine steps (rate(): steps per second).", LABELS)
+# The local engine's prefix cache (Engine.stats): the hit rate is rate(hits) / rate(requests).
+PREFIX_CACHE = {
+    "requests": Counter("grokweb_prefix_cache_requests", "Requests admitted by the local engine.", LABELS),
+    "hits": Counter("grokweb_prefix_cache_hits", "Requests admitted with some of the prompt cached.", LABELS),
+    "evictions": Counter("grokweb_prefix_cache_evictions", "Cached prefixes overwritten by other requests.", LABELS),
+}
 # Gauges: each process's own value, summed over the live ones in multiprocess mode.
 RUNNING = Gauge("grokweb_num_requests_running", "Replies being written.", LABELS, multiprocess_mode="livesum")
 WAITING = Gauge(
@@ -117,6 +124,8 @@ class Metered:
         self._steps, self._cached = ENGINE_STEPS.labels(**labels), CACHED_TOKENS.labels(**labels)
         self._waiting, self._running = WAITING.labels(**labels), RUNNING.labels(**labels)
         self._kv_cache_usage = KV_CACHE_USAGE.labels(**labels)
+        self._prefix_cache = {name: counter.labels(**labels) for name, counter in PREFIX_CACHE.items()}
+        self._counted = dict.fromkeys(PREFIX_CACHE, 0)  # of Engine.stats, which counts since its start
 
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
@@ -132,6 +141,10 @@ class Metered:
         if slots is None:  # an engine server: its own metrics tell its cache
             self._running.set(len(self._engine.running))
         else:
+            for name, counter in self._prefix_cache.items():
+                total = getattr(self._engine.stats, name)
+                counter.inc(total - self._counted[name])
+                self._counted[name] = total
             running = [s for s in slots if s is not None]
             self._running.set(len(running))
             held = sum(len(s.tokens) for s in running)

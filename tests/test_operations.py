@@ -80,6 +80,25 @@ def test_metered_engine_counts_steps_and_samples_the_kv_cache(engine):
     assert value("grokweb_engine_steps_total") - steps == 4  # one token a step, the first with the prefill
 
 
+def test_metered_engine_counts_prefix_cache_hits(tiny_checkpoint):
+    from prometheus_client import REGISTRY
+
+    from chat.metrics import Metered
+    from inference.engine import Engine, Request, SamplingParams
+
+    engine = Engine(tiny_checkpoint, quant="none", max_batch=1, context_len=256, prefix_cache=1)
+    labels = {"model": engine.model_name, "worker": "cache-test"}
+    metered = Metered(engine, "cache-test")
+    ids = engine.tokenizer.encode("The same words twice")
+    for request_id in ("c1", "c2"):  # the second finds the first's prompt cached
+        metered.add(Request(request_id, ids, SamplingParams(temperature=0, max_new_tokens=2)))
+        while metered.has_work():
+            metered.step()
+    counts = {name: REGISTRY.get_sample_value(f"grokweb_prefix_cache_{name}_total", labels) for name in ("requests", "hits")}
+    assert counts == {"requests": 2, "hits": 1}
+    assert REGISTRY.get_sample_value("grokweb_cached_tokens_total", labels) == len(ids) - 1
+
+
 @pytest.mark.django_db
 def test_metrics_read_the_shared_queue_length_at_the_scrape(client, settings, redis_db):
     settings.REDIS_URL, settings.GROKWEB_METRICS_TOKEN = TEST_REDIS_URL, ""
