@@ -46,6 +46,7 @@ def load_engine() -> Engine | RemoteEngine:
             max_in_flight=settings.GROK_ENGINE_MAX_IN_FLIGHT,
             timeout=settings.GROK_ENGINE_TIMEOUT,
             context_len=settings.GROK_CONTEXT_LEN or None,
+            cache_salt=settings.GROK_ENGINE_CACHE_SALT,
         )
     import torch
 

@@ -7,7 +7,10 @@ once (the rest wait here, first come first served, and are told their place). Th
 token ids, tokenised here with the checkpoint folder's tokenizer.model (the one the server's model
 was exported with), so the context budget counted by `chat.prompts` is exact and a reply taken
 over from a dead worker continues from its saved text's tokens. Token counts come from the
-server's `usage` (`stream_options.include_usage`).
+server's `usage` (`stream_options.include_usage`). Each request's `cache_salt` (its user) goes as
+`cache_salt` (vLLM's field: its prefix cache reuses blocks only under the same salt, so one user's
+conversation cannot be timed by another; llama-server ignores the field, tested), unless
+`cache_salt=False` for a server that refuses fields it does not know.
 
 Stopping a reply ends its stream: the thread leaves at the next chunk, which closes the
 connection, and the server aborts the generation (llama-server does, tested; vLLM and SGLang
@@ -67,6 +70,7 @@ class RemoteEngine:
         max_in_flight: int = 16,
         timeout: float = 300.0,
         context_len: int | None = None,
+        cache_salt: bool = True,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"the engine URL must start with http:// or https://, not {url!r}")
@@ -86,6 +90,7 @@ class RemoteEngine:
         self.model = model
         self.max_in_flight = max_in_flight
         self.timeout = timeout
+        self.cache_salt = cache_salt
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(
             base_url=self.url, headers=headers,
@@ -166,6 +171,8 @@ class RemoteEngine:
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if self.cache_salt and request.cache_salt:  # vLLM wants a non-empty string or none
+            body["cache_salt"] = request.cache_salt
         return body
 
     def _stream(self, stream: _Stream) -> None:

@@ -205,6 +205,8 @@ GROK_ENGINE_API_KEY = env_str("GROK_ENGINE_API_KEY")
 GROK_ENGINE_MAX_IN_FLIGHT = env_int("GROK_ENGINE_MAX_IN_FLIGHT", 16)  # requests a worker streams at once
 # Seconds the server may stay silent (no connection, no token) before the reply fails.
 GROK_ENGINE_TIMEOUT = env_float("GROK_ENGINE_TIMEOUT", 300)
+# Send each reply's user as `cache_salt` (vLLM): its prefix cache is then per user.
+GROK_ENGINE_CACHE_SALT = env_bool("GROK_ENGINE_CACHE_SALT", True)
 # Sampling defaults for every reply (recorded on it); a reply may use at most half the context.
 GROK_MAX_NEW_TOKENS = env_int("GROK_MAX_NEW_TOKENS", 1024)
 GROK_TEMPERATURE = env_float("GROK_TEMPERATURE", 0.8)

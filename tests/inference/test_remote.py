@@ -153,3 +153,16 @@ def test_bad_settings_and_prompts_are_refused(tiny_checkpoint, tmp_path):
         engine.add(Request("x", list(range(4, 20)), SamplingParams()))
     with pytest.raises(ValueError, match="the prompt is empty"):
         engine.add(Request("x", [], SamplingParams()))
+
+
+def test_the_cache_salt_goes_to_the_server_which_may_ignore_it(remote, llama_server, tiny_checkpoint):
+    params = SamplingParams(temperature=0, max_new_tokens=8)
+    salted = Request("salted", prompt(remote), params, cache_salt="ann")
+    assert remote._body(salted)["cache_salt"] == "ann"
+    assert "cache_salt" not in remote._body(Request("plain", prompt(remote), params))  # no salt: none sent
+    unsalted = RemoteEngine(llama_server.url, tiny_checkpoint, cache_salt=False)
+    assert "cache_salt" not in unsalted._body(salted)
+    # llama-server takes a body with the field it does not know, and writes the same greedy text.
+    with_salt = run(remote, salted)["salted"]
+    without = run(unsalted, Request("unsalted", prompt(remote), params, cache_salt="ann"))["unsalted"]
+    assert with_salt[-1].finish_reason == "length" and text(with_salt) == text(without) and text(with_salt)
