@@ -35,12 +35,15 @@ class Bridge:
         self.jobs: dict[str, jobs.Job] = {}  # request id -> its job, until acknowledged
         self.progress: dict[int, replies.Progress] = {}  # reply id -> what is saved and shown
         self.worker = getattr(queue, "consumer", "embedded")  # the metrics' and the logs' name for it
+        # Only an engine with a prefix cache of its own gains from a conversation's next turn
+        # coming back to it (chat/jobs.py routes it); an engine server keeps one for all workers.
+        self.affinity = getattr(engine, "prefix_cache", 0) > 0
 
     # -- source ---------------------------------------------------------------------------------
 
     def take(self, max_jobs: int, timeout: float) -> list[Request]:
         requests = []
-        for job in self.queue.take(max_jobs, timeout):
+        for job in self.queue.take(max_jobs, timeout, self._free_slots()):
             held = self.jobs.get(str(job.message_id))
             if held is not None:  # already writing it: taken back from ourselves, or a duplicate
                 if held.token != job.token:
@@ -81,6 +84,15 @@ class Bridge:
             cache_salt=start.cache_salt, public_prefix=start.public_prefix,
         )
 
+    def _free_slots(self) -> int | None:
+        """Slots of the engine no request runs in nor waits for: a job routed here for the
+        engine's cache is taken only into one (a busy worker leaves it to the others). None for
+        an engine server, to which nothing is routed."""
+        slots = getattr(self.engine, "slots", None)
+        if slots is None:
+            return None
+        return max(0, slots.count(None) - len(self.engine.queued()))
+
     def cancelled(self, request_ids: Collection[str]) -> set[str]:
         return {str(i) for i in self.queue.cancelled([int(i) for i in request_ids])}
 
@@ -108,14 +120,14 @@ class Bridge:
             self.progress.pop(reply_id, None)
             job = self.jobs.pop(str(reply_id), None)
             if job is not None:
-                self._ack(job)
+                self._ack(job, affinity=self.affinity)
 
     def queued(self, positions: dict[str, int]) -> None:
         self._send([(group_name(i), queued_event(i, place)) for i, place in positions.items()])
 
-    def _ack(self, job: jobs.Job) -> None:
+    def _ack(self, job: jobs.Job, affinity: bool = False) -> None:
         try:
-            self.queue.ack(job)
+            self.queue.ack(job, affinity)
         except Exception:  # the reply is saved; an unacknowledged job only stays pending
             log.exception("acknowledging the job of reply %s failed", job.message_id, extra={"reply_id": job.message_id})
 

@@ -78,7 +78,7 @@ def exposition(queue_length: int | None) -> bytes:
     if queue_length is not None:
         queue = CollectorRegistry()
         queue.register(_Read(GaugeMetricFamily(
-            "grokweb_queue_length", "Replies in the shared queue: waiting for a worker or being written.",
+            "grokweb_queue_length", "Replies in the Redis queue (shared and routed): waiting for a worker or being written.",
             value=queue_length,
         )))
         text += generate_latest(queue)

@@ -77,12 +77,13 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
 
 
 def _queue_length() -> int | None:
-    """Replies in the Redis stream; None without Redis (embedded) or while it is away."""
+    """Replies in the Redis queue (the shared stream and the workers' inboxes); None without
+    Redis (embedded) or while it is away."""
     if not settings.REDIS_URL:
         return None
     client = _redis()
     try:
-        return client.xlen(jobs.STREAM)
+        return jobs.queue_length(client)
     except redis.RedisError:
         return None
     finally:

@@ -78,12 +78,13 @@ def load_engine() -> Engine | RemoteEngine:
 
 
 def serve(
-    engine: Engine | RemoteEngine, publish: Publish, stop: threading.Event, *, max_batch: int | None = None
+    engine: Engine | RemoteEngine, publish: Publish, stop: threading.Event, *, max_batch: int | None = None,
+    queue: jobs.JobQueue | None = None,
 ) -> None:
-    """Write replies from this process's queue until `stop` is set, then drain."""
+    """Write replies from `queue` (default: this process's) until `stop` is set, then drain."""
     remote = settings.GROK_ENGINE == "openai"
     max_batch = max_batch or (settings.GROK_ENGINE_MAX_IN_FLIGHT if remote else settings.GROK_MAX_BATCH)
-    bridge = Bridge(engine, jobs.get_queue(), publish)
+    bridge = Bridge(engine, queue or jobs.get_queue(), publish)
     beating = threading.Event()
     heartbeat = threading.Thread(
         target=_heartbeat, args=(bridge, beating), name="grokweb-heartbeat", daemon=True

@@ -138,6 +138,7 @@ class ServingLoop:
         self._untaken: list[str] = []  # waiting, taken by no worker yet: the source's `waiting`, every WAITING_INTERVAL
         self._waiting_elsewhere = 0  # waiting for a free slot in other workers' engines, as of that look
         self._waiting_at = float("-inf")
+        self._told_waiting = 0  # what this worker last told the source waits in it
         self._step_failures = 0
         self._source_failures = 0
 
@@ -201,9 +202,13 @@ class ServingLoop:
                     self._cancel(request_id)
             if not busy:  # nothing waits here, so nothing in the queue waits either
                 self._untaken, self._waiting_elsewhere = [], 0
+                if self._told_waiting:  # others count it (and route by it): tell them it is over
+                    self.source.waiting(0, 0)
+                    self._told_waiting = 0
             elif now >= self._waiting_at:
                 self._waiting_at = now + WAITING_INTERVAL
-                self._waiting_elsewhere, self._untaken = self.source.waiting(MAX_POSITIONS, len(self._waiting()))
+                self._told_waiting = len(self._waiting())
+                self._waiting_elsewhere, self._untaken = self.source.waiting(MAX_POSITIONS, self._told_waiting)
         except Exception as exc:  # the queue is away: keep writing the replies in hand, look again later
             retry = min(SOURCE_RETRY_MAX, SOURCE_RETRY * 2**self._source_failures)
             self._source_failures += 1

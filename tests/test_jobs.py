@@ -2,7 +2,9 @@
 Stream with a consumer group, against the real Redis (GROKWEB_TEST_REDIS_URL, flushed before and
 after; a private redis-server where a test empties it): put, take, ack, cancel, the bound, the
 backlog no worker took, heartbeats and claiming a silent worker's jobs, refilling a stream made
-afresh, and `enqueue` refusing when full."""
+afresh, `enqueue` refusing when full, and routing a conversation's next turn to the worker that
+wrote its last reply (its inbox; when not to route; another worker serving what its worker left;
+tests/test_routing.py runs it with two real workers)."""
 
 import time
 
@@ -116,3 +118,103 @@ def test_a_stream_made_afresh_gets_the_replies_the_database_has_queued(private_r
     queue.redis.flushdb()  # Redis came back empty
     queue.put(9)
     assert [j.message_id for j in queue.take(4, 0.05)] == [9, 7, 8]
+
+
+# -- routing a conversation's next turn to the worker that holds its cache ------------------------
+
+
+def workers(url: str, *names: str, **options) -> list[jobs.RedisQueue]:
+    """Queues of workers named `names`, each with its groups, inbox and a first heartbeat."""
+    queues = []
+    for name in names:
+        queue = jobs.RedisQueue(url, 8, **options)
+        queue.consumer = name
+        assert queue.take(1, 0) == []
+        queues.append(queue)
+    return queues
+
+
+@pytest.mark.production
+def test_the_next_turn_goes_to_the_inbox_of_the_worker_that_wrote_the_last_reply(redis_db):
+    w1, w2 = workers(TEST_REDIS_URL, "w1", "w2")
+    web = jobs.RedisQueue(TEST_REDIS_URL, 8)
+    web.put(1, conversation_id=7)  # a first turn: the shared stream
+    (first,) = w1.take(4, 0.05)
+    assert (first.message_id, first.stream, first.conversation_id) == (1, jobs.STREAM, 7)
+    w1.ack(first, affinity=True)
+    assert redis_db.get(f"{jobs.AFFINITY_PREFIX}7") == "w1"
+    assert 0 < redis_db.ttl(f"{jobs.AFFINITY_PREFIX}7") <= jobs.AFFINITY_TTL
+
+    web.put(2, conversation_id=7)
+    web.put(3)  # another conversation's, after it
+    assert redis_db.xlen(w1.inbox) == 1 and jobs.queue_length(redis_db) == 2
+    assert [j.message_id for j in w2.take(4, 0.05)] == [3]  # not w2's to take
+    web.put(4)
+    assert [j.message_id for j in w1.take(4, 0.05, free_slots=0)] == [4]  # no free slot: not yet
+    web.put(5)
+    (routed,) = w1.take(1, 0.05)  # its own inbox first: older than what waits in the shared one
+    assert (routed.message_id, routed.stream, routed.attempt) == (2, w1.inbox, 1)
+    assert [j.message_id for j in w1.take(1, 0.05)] == [5]
+    w1.heartbeat([routed])  # a routed job is touched where it is pending
+    w1.ack(routed)  # affinity=False: recorded only by an engine with a prefix cache
+    assert redis_db.xlen(w1.inbox) == 0 and redis_db.get(f"{jobs.AFFINITY_PREFIX}7") == "w1"
+
+
+@pytest.mark.production
+def test_no_route_to_a_silent_or_busy_worker_nor_past_jobs_waiting_in_the_shared_stream(redis_db):
+    (w1,) = workers(TEST_REDIS_URL, "w1")
+    web = jobs.RedisQueue(TEST_REDIS_URL, 8)
+    redis_db.set(f"{jobs.AFFINITY_PREFIX}7", "w1")
+
+    def routed(message_id: int) -> bool:
+        before = redis_db.xlen(w1.inbox)
+        web.put(message_id, conversation_id=7)
+        return redis_db.xlen(w1.inbox) > before
+
+    redis_db.hset(jobs.WORKERS, "w1", time.time() - 31)  # silent past the claim time: dead
+    assert not routed(1)
+    w1.heartbeat([])
+    assert not routed(2)  # 1 waits in the shared stream: 2 must not overtake it
+    w1.take(4, 0.05)
+    w1.waiting(10, 1)  # a reply waits in w1 for a free slot
+    assert not routed(3)
+    w1.take(4, 0.05)
+    w1.waiting(10, 0)
+    assert routed(4)
+    redis_db.set(f"{jobs.AFFINITY_PREFIX}7", "w9")  # a worker that never beat
+    assert not routed(5)
+    assert jobs.queue_length(redis_db) == 5  # the bound counts the inboxes too
+    web.max_length = 5
+    with pytest.raises(jobs.QueueFull):
+        web.put(6, conversation_id=7)
+
+
+@pytest.mark.production
+def test_a_routed_job_its_worker_does_not_take_is_served_by_another_and_a_dead_workers_are_claimed(private_redis):
+    w1, w2 = workers(private_redis.url, "w1", "w2", claim_seconds=0.6, route_wait=0.3)
+    client = w1.redis
+    client.set(f"{jobs.AFFINITY_PREFIX}7", "w1")
+    w1.put(1, conversation_id=7)
+    assert client.xlen(w1.inbox) == 1
+    assert w2.take(4, 0) == []  # w1 may take it yet
+    time.sleep(0.35)
+    (job,) = w2.take(4, 0)  # w1 left it (busy, or dead): anyone's now, delivered once
+    assert (job.message_id, job.stream, job.attempt) == (1, w1.inbox, 1)
+    w2.ack(job)
+
+    w1.put(2, conversation_id=7)
+    (held,) = w1.take(4, 0)  # w1 takes it, then dies: its pending job is claimed as ever
+    time.sleep(0.45)
+    w2.heartbeat([])
+    assert w2.take(4, 0) == []  # not yet silent for the claim time
+    time.sleep(0.3)
+    (claimed,) = w2.take(4, 0)
+    assert (claimed.message_id, claimed.token, claimed.attempt) == (2, held.token, 2)
+    w2.ack(claimed)
+    # Silent for twice the claim time and its inbox empty: the inbox is dropped.
+    time.sleep(0.8)
+    w2.heartbeat([])
+    assert w2.take(4, 0) == []
+    assert client.smembers(jobs.INBOXES) == {"w2"} and not client.exists(w1.inbox)
+    w1.put(3, conversation_id=7)  # the affinity outlived its worker: the shared stream
+    assert [j.message_id for j in w2.take(4, 0)] == [3]

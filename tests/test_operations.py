@@ -104,7 +104,9 @@ def test_metrics_read_the_shared_queue_length_at_the_scrape(client, settings, re
     settings.REDIS_URL, settings.GROKWEB_METRICS_TOKEN = TEST_REDIS_URL, ""
     for message_id in (1, 2):
         redis_db.xadd(jobs.STREAM, {"message_id": message_id})
-    assert b"grokweb_queue_length 2.0" in client.get("/metrics").content
+    redis_db.xadd(jobs.INBOX_PREFIX + "w1", {"message_id": 3})  # routed to worker w1
+    redis_db.sadd(jobs.INBOXES, "w1")
+    assert b"grokweb_queue_length 3.0" in client.get("/metrics").content
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # away: left out, the rest still served
     response = client.get("/metrics")
     assert response.status_code == 200 and b"grokweb_queue_length" not in response.content

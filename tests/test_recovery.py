@@ -30,11 +30,11 @@ class Taken:
     def __init__(self, *given):
         self.given, self.acked = list(given), []
 
-    def take(self, max_jobs, timeout):
+    def take(self, max_jobs, timeout, free_slots=None):
         given, self.given = self.given, []
         return given
 
-    def ack(self, job):
+    def ack(self, job, affinity=False):
         self.acked.append(job)
 
 

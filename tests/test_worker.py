@@ -123,6 +123,30 @@ def test_waiting_replies_are_told_their_place_behind_those_held_and_move_up(engi
         told |= change
 
 
+def test_a_worker_gone_idle_tells_once_that_nothing_waits_in_it_any_more(engine):
+    """Others count what it said waits in it, and chat/jobs.py routes nothing to a worker that
+    has replies waiting: the last word must not stay "1 waits here"."""
+
+    class Told(Source):
+        def __init__(self):
+            super().__init__()
+            self.told = []
+
+        def waiting(self, limit, waiting_here):
+            self.told.append(waiting_here)
+            return super().waiting(limit, waiting_here)
+
+    source, sink, slots = Told(), Sink(), len(engine.slots)
+    source.pending = [request(engine, str(i)) for i in range(slots + 1)]  # one waits for a slot
+    worker = ServingLoop(engine, source, sink, max_jobs=2 * slots, flush_interval=FLUSH)
+    run_until(worker)
+    run_until(worker, lambda: source.told[-1] == 0)  # its last word, once idle: nothing waits here
+    told = len(source.told)
+    for _ in range(5):
+        worker.tick()
+    assert source.told[0] == 1 and len(source.told) == told  # said once, not at every idle look
+
+
 def test_fast_steps_are_gathered_into_one_delivery_per_interval(engine):
     """With steps of 10 ms (on a clock the test drives), a delivery carries about 4 steps' text."""
 
