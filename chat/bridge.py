@@ -115,12 +115,14 @@ class Bridge:
                 )
         for reply_id, shown in saved.shown.items():
             self.progress.setdefault(reply_id, replies.Progress()).shown = shown
-        self._send(saved.events)
+        # Acknowledged before the pages hear it is done: the affinity it records is then there
+        # for the next turn, however fast a client sends it.
         for reply_id in saved.finished:
             self.progress.pop(reply_id, None)
             job = self.jobs.pop(str(reply_id), None)
             if job is not None:
                 self._ack(job, affinity=self.affinity)
+        self._send(saved.events)
 
     def queued(self, positions: dict[str, int]) -> None:
         self._send([(group_name(i), queued_event(i, place)) for i, place in positions.items()])
