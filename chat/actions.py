@@ -134,7 +134,7 @@ def do_queue_reply(
         generation=limits.generation | (generation or {}),
         reserved_tokens=limits.reserved_tokens,
     )
-    transaction.on_commit(lambda: jobs.enqueue(reply.id))
+    transaction.on_commit(lambda: jobs.enqueue(reply.id, conversation.id))
     return reply
 
 

@@ -453,14 +453,10 @@ def queued_replies() -> list[int]:
     )
 
 
-def enqueue(message_id: int, conversation_id: int | None = None) -> None:
-    """Queue the reply `message_id` (of `conversation_id`, read from the database if not given
-    and Redis routes it). Raises ChatError ("busy" or "unavailable") when it cannot be queued,
-    after marking the reply failed; the user's message stays saved."""
-    if conversation_id is None and settings.REDIS_URL:
-        conversation_id = (
-            Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
-        )
+def enqueue(message_id: int, conversation_id: int) -> None:
+    """Queue the reply `message_id` of `conversation_id` (which routing goes by). Raises
+    ChatError ("busy" or "unavailable") when it cannot be queued, after marking the reply
+    failed; the user's message stays saved."""
     try:
         get_queue().put(message_id, conversation_id)
     except QueueFull:

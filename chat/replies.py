@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from chat import account, branches, jobs, plans
 from chat.errors import ChatError
@@ -61,6 +62,12 @@ class Saved:
     events: Events = field(default_factory=list)
     shown: dict[int, int] = field(default_factory=dict)  # reply id -> characters now shown
     finished: list[int] = field(default_factory=list)
+
+
+def cache_salt(user_id: int) -> str:
+    """The user's salt of the engine's prefix cache: unguessable (an HMAC under SECRET_KEY), as
+    vLLM asks of a `cache_salt` its other clients must not be able to forge."""
+    return salted_hmac("grokweb.prefix-cache", str(user_id), algorithm="sha256").hexdigest()
 
 
 def do_start_reply(
@@ -153,7 +160,7 @@ def do_start_reply(
         reply.save(update_fields=["status", "persona_version", "model_name", "generation", "updated_at"])
     start = ReplyStart(
         reply.pk, prompt.ids, sampling, prompt.stop + tuple(limits.get("stop", ())),
-        cache_salt=str(reply.conversation.owner_id),
+        cache_salt=cache_salt(reply.conversation.owner_id),
         public_prefix=public_prefix(prompt.ids, version.system_prompt if version else "", tokenizer),
     )
     if resuming and reply.content:

@@ -7,10 +7,10 @@ once (the rest wait here, first come first served, and are told their place). Th
 token ids, tokenised here with the checkpoint folder's tokenizer.model (the one the server's model
 was exported with), so the context budget counted by `chat.prompts` is exact and a reply taken
 over from a dead worker continues from its saved text's tokens. Token counts come from the
-server's `usage` (`stream_options.include_usage`). Each request's `cache_salt` (its user) goes as
-`cache_salt` (vLLM's field: its prefix cache reuses blocks only under the same salt, so one user's
-conversation cannot be timed by another; llama-server ignores the field, tested), unless
-`cache_salt=False` for a server that refuses fields it does not know.
+server's `usage` (`stream_options.include_usage`). Each request's `cache_salt` (an HMAC of its
+user: chat/replies.py) goes as `cache_salt`, vLLM's field: its prefix cache reuses blocks only
+under the same salt, so one user's conversation cannot be timed by another (llama-server ignores
+the field, tested); `cache_salt=False` for a server that refuses fields it does not know.
 
 Stopping a reply ends its stream: the thread leaves at the next chunk, which closes the
 connection, and the server aborts the generation (llama-server does, tested; vLLM and SGLang

@@ -57,7 +57,7 @@ def job_calls(monkeypatch):
     from chat import jobs
 
     calls = {"enqueue": [], "cancel": []}
-    monkeypatch.setattr(jobs, "enqueue", calls["enqueue"].append)
+    monkeypatch.setattr(jobs, "enqueue", lambda message_id, conversation_id: calls["enqueue"].append(message_id))
     monkeypatch.setattr(jobs, "cancel", calls["cancel"].append)
     return calls
 

@@ -154,7 +154,8 @@ def test_an_api_conversation_is_stored_and_its_prompt_adds_the_system_text(user_
         "User: How are you?\n\nRegular:"
     )
     # The prefix cache: only the persona's text is shared with other users, not the request's system text.
-    assert (request.cache_salt, request.public_prefix) == (str(ann.pk), len(persona_prompt))
+    assert (request.cache_salt, request.public_prefix) == (replies.cache_salt(ann.pk), len(persona_prompt))
+    assert len(request.cache_salt) == 64 and request.cache_salt != replies.cache_salt(ann.pk + 1)  # 256 bits a user
     params = request.params
     assert (params.temperature, params.top_p, params.seed) == (0.3, 0.9, 42)
     assert params.stop == ("\n\nUser:", "\nUser:", "END", "\n\n")

@@ -85,7 +85,7 @@ def test_enqueue_with_a_full_redis_queue_is_busy_and_marks_the_reply_failed(
     conversation = conversation_factory(user_factory("ann"), [("user", "hi")])
     reply = branches.append(conversation, role="assistant", status="queued")
     with pytest.raises(jobs.ChatError) as refused:
-        jobs.enqueue(reply.id)
+        jobs.enqueue(reply.id, conversation.id)
     assert refused.value.code == "busy"
     assert refused.value.extra == {"message_id": reply.id, "conversation_id": conversation.id}
     reply.refresh_from_db()

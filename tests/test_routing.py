@@ -72,7 +72,7 @@ def ask(conversation, text: str, max_new_tokens: int = 6) -> Message:
     branches.append(conversation, role="user", content=text)
     reply = branches.append(conversation, role="assistant", status="queued",
                             generation={"max_new_tokens": max_new_tokens, "temperature": 0})
-    jobs.enqueue(reply.pk)
+    jobs.enqueue(reply.pk, conversation.pk)
     return reply
 
 
