@@ -12,6 +12,7 @@ GROKWEB_BENCH_DATABASE_URL picks the server and database name
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import tempfile
@@ -143,6 +144,39 @@ async def many_replies(stack: Stack, cookies: list[str], timeout: float = 120.0)
     ]
     await asyncio.wait_for(start.wait(), 60)
     return await asyncio.gather(*clients)
+
+
+async def converse(stack: Stack, cookie: str, messages: list[str], before_turn=None) -> list[dict]:
+    """One client's conversation, a turn after the other (each sent when the last reply is
+    done); per turn: TTFT at the client (send -> first delta) and in the worker (saved on the
+    reply), prompt and cached tokens, the reply's text. `before_turn(conversation_id)` runs
+    before each turn after the first."""
+    from chat.models import Message
+
+    turns, conversation_id = [], None
+    async with stack.socket(cookie) as ws:
+        for content in messages:
+            if conversation_id is not None and before_turn is not None:
+                before_turn(conversation_id)
+            sent_at = time.monotonic()
+            await ws.send(json.dumps({"type": "send", "conversation_id": conversation_id, "content": content}))
+            first, done = None, None
+            while done is None:
+                frame = await receive(ws, 120)
+                if frame["type"] == "accepted":
+                    conversation_id = frame["conversation_id"]
+                elif frame["type"] == "delta" and first is None:
+                    first = time.monotonic()
+                elif frame["type"] == "done":
+                    done = frame
+                elif frame["type"] == "error":
+                    raise RuntimeError(frame)
+            reply = await asyncio.to_thread(Message.objects.get, pk=done["message_id"])
+            turns.append({
+                "client_ttft": first - sent_at, "worker_ttft": reply.time_to_first_token,
+                "prompt": reply.prompt_tokens, "cached": reply.cached_tokens, "text": reply.content,
+            })
+    return turns
 
 
 def percentile(values: list[float], p: float) -> float:

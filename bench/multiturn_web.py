@@ -20,45 +20,12 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.harness import Site
+from bench.harness import Site, converse
 from bench.multiturn import REPLY_TOKENS, SHOWN_TURNS, texts
 from inference.engine import Engine
 from inference.tiny import make_tiny
-from tests.stack import receive
-
-
-async def chat(site: Site, messages: list[str]) -> list[dict]:
-    """The turns of one conversation, one after the other; what each measured."""
-    from chat.models import Message
-
-    turns, conversation_id = [], None
-    async with site.stack.socket(site.cookies[0]) as ws:
-        for content in messages:
-            sent_at = time.monotonic()
-            await ws.send(json.dumps({"type": "send", "conversation_id": conversation_id, "content": content}))
-            first, done = None, None
-            while done is None:
-                frame = await receive(ws, 120)
-                if frame["type"] == "accepted":
-                    conversation_id = frame["conversation_id"]
-                elif frame["type"] == "delta" and first is None:
-                    first = time.monotonic()
-                elif frame["type"] == "done":
-                    done = frame
-                elif frame["type"] == "error":
-                    raise RuntimeError(frame)
-            reply = await asyncio.to_thread(Message.objects.get, pk=done["message_id"])
-            turns.append({
-                "client_ttft": first - sent_at,
-                "worker_ttft": reply.time_to_first_token,
-                "prompt": reply.prompt_tokens,
-                "cached": reply.cached_tokens,
-                "text": reply.content,
-            })
-    return turns
 
 
 def run(prefix_cache: int, persona: str, messages: list[str]) -> list[dict]:
@@ -68,7 +35,7 @@ def run(prefix_cache: int, persona: str, messages: list[str]) -> list[dict]:
 
         for each in Persona.objects.all():  # whichever the user's first persona is
             each.set_system_prompt(persona)
-        return asyncio.run(chat(site, messages))
+        return asyncio.run(converse(site.stack, site.cookies[0], messages))
 
 
 def main() -> None:

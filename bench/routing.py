@@ -24,51 +24,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import redis
 
-from bench.harness import Site
+from bench.harness import Site, converse
 from bench.multiturn import REPLY_TOKENS, texts
 from inference.engine import Engine
 from inference.tiny import make_tiny
-from tests.stack import receive
 
 USERS = 4
-
-
-async def chat(site: Site, cookie: str, messages: list[str], routing: bool) -> list[dict]:
-    """One conversation's turns, one after the other; what each measured."""
-    from chat.jobs import AFFINITY_PREFIX
-    from chat.models import Message
-
-    client = redis.Redis.from_url(site.redis.url)
-    turns, conversation_id = [], None
-    async with site.stack.socket(cookie) as ws:
-        for content in messages:
-            if conversation_id is not None and not routing:
-                client.delete(f"{AFFINITY_PREFIX}{conversation_id}")
-            sent_at = time.monotonic()
-            await ws.send(json.dumps({"type": "send", "conversation_id": conversation_id, "content": content}))
-            first, done = None, None
-            while done is None:
-                frame = await receive(ws, 120)
-                if frame["type"] == "accepted":
-                    conversation_id = frame["conversation_id"]
-                elif frame["type"] == "delta" and first is None:
-                    first = time.monotonic()
-                elif frame["type"] == "done":
-                    done = frame
-                elif frame["type"] == "error":
-                    raise RuntimeError(frame)
-            reply = await asyncio.to_thread(Message.objects.get, pk=done["message_id"])
-            turns.append({
-                "client_ttft": first - sent_at, "prompt": reply.prompt_tokens,
-                "cached": reply.cached_tokens, "text": reply.content,
-            })
-    client.close()
-    return turns
 
 
 def run(routing: bool, persona: str, conversations: list[list[str]]) -> list[list[dict]]:
@@ -80,12 +45,23 @@ def run(routing: bool, persona: str, conversations: list[list[str]]) -> list[lis
             each.set_system_prompt(persona)
         site.stack.add_worker("worker2")
 
+        from chat.jobs import AFFINITY_PREFIX
+
+        client = redis.Redis.from_url(site.redis.url)
+
+        def no_routing(conversation_id: int) -> None:  # the job goes to the shared stream, as before routing
+            client.delete(f"{AFFINITY_PREFIX}{conversation_id}")
+
         async def everyone():
             return await asyncio.gather(*(
-                chat(site, cookie, messages, routing) for cookie, messages in zip(site.cookies, conversations)
+                converse(site.stack, cookie, messages, None if routing else no_routing)
+                for cookie, messages in zip(site.cookies, conversations)
             ))
 
-        return asyncio.run(everyone())
+        try:
+            return asyncio.run(everyone())
+        finally:
+            client.close()
 
 
 def summary(runs: list[list[dict]]) -> dict:
