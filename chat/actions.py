@@ -157,11 +157,8 @@ def do_send_message(
         check_persona_active(conversation.persona)
         check_no_active_reply(conversation)
     limits = plans.check_can_generate(user, conversation.persona)
-    fields = {"role": Message.Role.USER, "content": content, "shown": False}  # its reply is, next
-    if conversation_id is None:  # the first message: nothing to follow
-        message = branches.add(conversation, None, **fields)
-    else:
-        message = branches.append(conversation, **fields)
+    # shown=False: its reply, queued next, ends the branch on screen.
+    message = branches.append(conversation, role=Message.Role.USER, content=content, shown=False)
     return message, do_queue_reply(conversation, limits, parent=message)
 
 
@@ -223,10 +220,10 @@ def do_switch_version(user: User, message_id: int) -> tuple[Conversation, list[M
     message = get_message(user, message_id)
     conversation = get_conversation(user, message.conversation_id, lock=True)
     check_no_active_reply(conversation)
-    tree = branches.tree_of(conversation, fields=())
+    tree = branches.tree_of(conversation, conversation.messages.prefetch_related("feedback"))
     conversation.current_id = tree.newest_leaf(message.pk)
     conversation.save(update_fields=["current"])  # not updated_at: looking is not a change
-    return conversation, branches.shown_path(conversation, conversation.messages.prefetch_related("feedback"))
+    return conversation, tree.shown_path(conversation)
 
 
 def do_rename_conversation(user: User, conversation_id: int, title: str) -> Conversation:

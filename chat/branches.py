@@ -58,6 +58,13 @@ class Tree:
         start = conversation.current_id if conversation.current_id in self.by_id else max(self.by_id)
         return self.newest_leaf(start)
 
+    def shown_path(self, conversation: Conversation) -> list[Message]:
+        """The messages on screen, in order, each with `versions` (see `versions`)."""
+        path = self.path_to(self.shown_leaf(conversation))
+        for message in path:
+            message.versions = self.versions(message)
+        return path
+
 
 def tree_of(
     conversation: Conversation, messages: QuerySet[Message] | None = None, *, fields: Sequence[str] | None = None
@@ -74,11 +81,7 @@ def tree_of(
 
 def shown_path(conversation: Conversation, messages: QuerySet[Message] | None = None) -> list[Message]:
     """The messages on screen, in order, each with `versions` (see Tree.versions)."""
-    tree = tree_of(conversation, messages)
-    path = tree.path_to(tree.shown_leaf(conversation))
-    for message in path:
-        message.versions = tree.versions(message)
-    return path
+    return tree_of(conversation, messages).shown_path(conversation)
 
 
 def versions(message: Message) -> list[int]:

@@ -460,9 +460,9 @@ def enqueue(message_id: int, conversation_id: int) -> None:
     try:
         get_queue().put(message_id, conversation_id)
     except QueueFull:
-        _refuse(message_id, "busy", "Too many replies are waiting. Try again in a minute.")
+        _refuse(message_id, conversation_id, "busy", "Too many replies are waiting. Try again in a minute.")
     except redis.RedisError:
-        _refuse(message_id, "unavailable", "The reply queue is unreachable. Try again shortly.")
+        _refuse(message_id, conversation_id, "unavailable", "The reply queue is unreachable. Try again shortly.")
 
 
 def cancel(message_id: int) -> None:
@@ -476,11 +476,8 @@ def cancel(message_id: int) -> None:
         ) from None
 
 
-def _refuse(message_id: int, code: str, text: str) -> None:
+def _refuse(message_id: int, conversation_id: int, code: str, text: str) -> None:
     Message.objects.filter(pk=message_id, status=Message.Status.QUEUED).update(
         status=Message.Status.FAILED, finish_reason="error", error=text, updated_at=timezone.now()
-    )
-    conversation_id = (
-        Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
     )
     raise ChatError(code, text, message_id=message_id, conversation_id=conversation_id)
