@@ -79,10 +79,10 @@ def get_message(user: User, message_id: int) -> Message:
 def active_persona(slug: str) -> Persona:
     """The active persona named `slug`; whether the user's plan includes it is the caller's to
     check (`check_persona_allowed`, or the quota check of a reply)."""
-    persona = Persona.objects.filter(is_active=True, slug=slug).first()
-    if persona is None:
-        raise ChatError("not_found", "That persona is not available.")
-    return persona
+    try:
+        return Persona.objects.get(is_active=True, slug=slug)
+    except Persona.DoesNotExist:
+        raise ChatError("not_found", "That persona is not available.") from None
 
 
 def get_persona(user: User, slug: str | None) -> Persona:
@@ -92,7 +92,7 @@ def get_persona(user: User, slug: str | None) -> Persona:
         persona = active_persona(slug)
         check_persona_allowed(user, persona)
         return persona
-    persona = next((p for p in personas_for(user) if p.allowed), None)
+    persona = plans.current_plan(user).personas.filter(is_active=True).first()  # in list order
     if persona is None:
         raise ChatError("not_found", "That persona is not available.")
     return persona
@@ -144,7 +144,7 @@ def do_send_message(
 ) -> tuple[Message, Message]:
     """Save the user's message at the end of the branch on screen and queue a reply; a new
     conversation when `conversation_id` is None, with `persona_slug`'s persona and a title
-    taken from the message."""
+    taken from the message. Both come back with their `versions`, for the page."""
     content = check_content(content)
     if conversation_id is None:
         # The plan's say on the persona comes with the quota, below: looked up once.
@@ -157,9 +157,17 @@ def do_send_message(
         check_persona_active(conversation.persona)
         check_no_active_reply(conversation)
     limits = plans.check_can_generate(user, conversation.persona)
-    # shown=False: its reply, queued next, ends the branch on screen.
-    message = branches.append(conversation, role=Message.Role.USER, content=content, shown=False)
-    return message, do_queue_reply(conversation, limits, parent=message)
+    # shown=False: its reply, queued next, ends the branch on screen. A new conversation's first
+    # message follows nothing: no tree to look at.
+    fields = {"role": Message.Role.USER, "content": content, "shown": False}
+    if conversation_id is None:
+        message = branches.add(conversation, None, **fields)
+    else:
+        message = branches.append(conversation, **fields)
+    reply = do_queue_reply(conversation, limits, parent=message)
+    # Each ends the branch it starts (the end of a path has nothing after it): no siblings.
+    message.versions, reply.versions = [message.pk], [reply.pk]
+    return message, reply
 
 
 @transaction.atomic
@@ -184,7 +192,7 @@ def do_stop(user: User, message_id: int) -> Message:
 @transaction.atomic
 def do_regenerate(user: User, conversation_id: int) -> tuple[Message, Message]:
     """Write the last reply on screen again, as a new version of it (the old one is kept);
-    returns (the user message it answers, the new reply)."""
+    returns (the user message it answers, the new reply), each with its `versions`."""
     conversation = get_conversation(user, conversation_id, lock=True)
     check_persona_active(conversation.persona)
     check_no_active_reply(conversation)
@@ -193,13 +201,15 @@ def do_regenerate(user: User, conversation_id: int) -> tuple[Message, Message]:
     if message is None:
         raise ChatError("conflict", "There is no message to answer yet.")
     limits = plans.check_can_generate(user, conversation.persona)
-    return message, do_queue_reply(conversation, limits, parent=message)
+    reply = do_queue_reply(conversation, limits, parent=message)
+    reply.versions = branches.versions(reply)  # message.versions: from the path
+    return message, reply
 
 
 @transaction.atomic
 def do_edit_message(user: User, message_id: int, content: str) -> tuple[Message, Message]:
     """Save an edit of one of the user's messages as a new version of it (the old one and what
-    followed it are kept, a version away) and queue a reply to it."""
+    followed it are kept, a version away) and queue a reply to it; both with their `versions`."""
     content = check_content(content)
     message = get_message(user, message_id)
     if message.role != Message.Role.USER:
@@ -209,7 +219,9 @@ def do_edit_message(user: User, message_id: int, content: str) -> tuple[Message,
     check_no_active_reply(conversation)
     limits = plans.check_can_generate(user, conversation.persona)
     edited = branches.add(conversation, message.parent_id, role=Message.Role.USER, content=content, shown=False)
-    return edited, do_queue_reply(conversation, limits, parent=edited)
+    reply = do_queue_reply(conversation, limits, parent=edited)
+    edited.versions, reply.versions = branches.versions(edited), [reply.pk]
+    return edited, reply
 
 
 @transaction.atomic

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import redis
@@ -18,7 +19,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import actions, branches, metrics, serving, sessions
+from chat import actions, metrics, serving, sessions
 from chat.errors import ChatError
 from chat.events import Follower, done_event, group_name
 from chat.inputs import parse_json
@@ -84,6 +85,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.user = self.scope.get("user")
         self.following: dict[int, Follower] = {}  # reply id -> what of it the page has
+        self.joined = False  # in the user's group, so told at once when a session ends
+        self.session_trusted_until = 0.0  # monotonic time until which the last look at the session holds
         # Accepted first so that the close code reaches the page: a refused handshake has none.
         await self.accept()
         metrics.OPEN_WEBSOCKETS.inc()
@@ -102,6 +105,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def join_user_group(self) -> None:
         try:
             await self.channel_layer.group_add(self.groups[0], self.channel_name)
+            self.joined = True
         except (redis.RedisError, OSError) as exc:  # as in __call__: tell the page, then close
             log.warning("the channel layer failed (%s); closing the socket", exc)
             await self.send_error("unavailable", UNAVAILABLE)
@@ -163,9 +167,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def session_holds(self) -> bool:
         """Whether the socket's session still logs its user in (logged out, new password and
-        inactive users do not)."""
+        inactive users do not). Looked up in the database at most every
+        GROKWEB_SESSION_RECHECK_SECONDS once the socket is in its user's group: in between, the
+        group's `session.check` events end it at once (chat/sessions.py), and the look only
+        catches what such an event missed (Redis lost it, the session expired). So a frame, a
+        `send` above all, seldom waits for two queries before it is acted on."""
+        if self.joined and time.monotonic() < self.session_trusted_until:
+            return True
         user = await database_sync_to_async(sessions.session_user)(self.scope["session"].session_key)
-        return user is not None and user.pk == self.user.pk
+        if user is None or user.pk != self.user.pk:
+            return False
+        self.session_trusted_until = time.monotonic() + settings.GROKWEB_SESSION_RECHECK_SECONDS
+        return True
 
     async def end_session(self) -> None:
         """The session ended: relay nothing more and close, as a socket without one is."""
@@ -177,6 +190,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def session_check(self, event: dict) -> None:
         if self.user is None:
             return
+        self.session_trusted_until = 0.0  # look again now, whatever the last look said
         if event["ended"] == self.scope["session"].session_key or not await self.session_holds():
             await self.end_session()
 
@@ -262,17 +276,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
     }
 
     async def accepted(self, frame: dict, message: Message, reply: Message) -> None:
-        title, message_versions, reply_versions = await database_sync_to_async(
-            lambda: (reply.conversation.title, branches.versions(message), branches.versions(reply))
-        )()
+        """Answer a frame that queued a reply: from what the action returned (its conversation and
+        `versions` come with it), so no query stands between the worker's start and the page."""
         await self.send_json(
             {
                 "type": "accepted",
                 "client_id": frame.get("client_id"),
                 "conversation_id": reply.conversation_id,
-                "title": title,
-                "user_message": {"id": message.pk, "content": message.content, "versions": message_versions},
-                "assistant_message": {"id": reply.pk, "status": reply.status, "versions": reply_versions},
+                "title": reply.conversation.title,
+                "user_message": {"id": message.pk, "content": message.content, "versions": message.versions},
+                "assistant_message": {"id": reply.pk, "status": reply.status, "versions": reply.versions},
             }
         )
         # The worker may have written some of it already: catching up from 0 covers that.

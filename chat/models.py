@@ -159,7 +159,7 @@ class Message(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        ordering = ["conversation", "id"]
+        ordering = ["conversation_id", "id"]  # the id, not the conversation: its ordering would join it
 
     def __str__(self) -> str:
         # No text: admin pages show messages by this where they record no view (docs/review.md).

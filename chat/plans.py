@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, F, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from chat.errors import ChatError
-from chat.models import Message, Persona, Plan, Subscription, UsageEntry, User
+from chat.models import Conversation, Message, Persona, Plan, Subscription, UsageEntry, User
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,10 @@ def is_current(subscription: Subscription, now: dt.datetime | None = None) -> bo
 
 
 def current_plan(user: User, now: dt.datetime | None = None) -> Plan:
-    subscription = Subscription.objects.select_related("plan").filter(user=user).first()
+    try:  # get, not first: one row at most (one-to-one), and no ordering to compile
+        subscription = Subscription.objects.select_related("plan").get(user=user)
+    except Subscription.DoesNotExist:
+        subscription = None
     if subscription is not None and is_current(subscription, now):
         return subscription.plan
     return Plan.objects.get(slug=Plan.FREE)
@@ -156,27 +160,30 @@ def check_persona_in_plan(plan: Plan, persona: Persona) -> None:
 
 
 def usage_today(user: User, now: dt.datetime | None = None) -> Usage:
+    """Today's usage in one statement (every send asks for it, on the way to a reply's first
+    token): the ledger's replies and tokens since midnight, and the replies still running,
+    which have no ledger row yet (the worker adds it as it marks them finished)."""
     start, _ = day_bounds(now)
-    ledger = UsageEntry.objects.filter(user=user, created_at__gte=start).aggregate(
-        messages=Count("id"),
-        tokens=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens")), 0),
-    )
-    # Running replies have no ledger row yet; the worker adds it as it marks them finished.
-    running = Message.objects.filter(
-        conversation__owner=user,
-        role=Message.Role.ASSISTANT,
-        status__in=Message.ACTIVE_STATUSES,
-    ).aggregate(
-        all=Count("id"),
-        today=Count("id", filter=Q(created_at__gte=start)),
-        reserved=Coalesce(Sum("reserved_tokens", filter=Q(created_at__gte=start)), 0),
-    )
-    return Usage(
-        messages=ledger["messages"] + running["today"],
-        tokens=ledger["tokens"],
-        running=running["all"],
-        reserved=running["reserved"],
-    )
+    since = connection.ops.adapt_datetimefield_value(start)
+    active = Message.ACTIVE_STATUSES
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT ledger.messages, ledger.tokens, running.all_, running.today, running.reserved
+            FROM (SELECT COUNT(*) AS messages, COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS tokens
+                  FROM {UsageEntry._meta.db_table} WHERE user_id = %s AND created_at >= %s) AS ledger,
+                 (SELECT COUNT(*) AS all_,
+                         COUNT(CASE WHEN m.created_at >= %s THEN 1 END) AS today,
+                         COALESCE(SUM(CASE WHEN m.created_at >= %s THEN m.reserved_tokens END), 0) AS reserved
+                  FROM {Message._meta.db_table} AS m
+                  JOIN {Conversation._meta.db_table} AS c ON c.id = m.conversation_id
+                  WHERE c.owner_id = %s AND m.role = %s AND m.status IN ({", ".join(["%s"] * len(active))})
+                 ) AS running
+            """,
+            [user.pk, since, since, since, user.pk, Message.Role.ASSISTANT, *active],
+        )
+        messages, tokens, running, running_today, reserved = cursor.fetchone()
+    return Usage(messages=messages + running_today, tokens=tokens, running=running, reserved=reserved)
 
 
 def check_can_generate(user: User, persona: Persona, *, now: dt.datetime | None = None) -> Limits:

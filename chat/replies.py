@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from chat import account, branches, jobs, plans
 from chat.errors import ChatError
 from chat.events import Events, delta_event, done_event, failure_events, group_name
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, PersonaVersion
 from chat.prompts import Tokenizer, build_prompt, public_prefix, reply_budget
 from inference.loop import Update
 
@@ -75,93 +76,103 @@ def do_start_reply(
 ) -> ReplyStart | None:
     """Mark the job's reply streaming and say how to write it; None when the reply is no longer
     queued (or, for a job taken over, streaming). ChatError when it cannot be written (too many
-    attempts, nothing to answer, a message that alone overflows the context). The row lock
-    settles a race with `do_stop` of a queued reply."""
-    with transaction.atomic():
+    attempts, nothing to answer, a message that alone overflows the context).
+
+    Three statements, no transaction, as this stands between a send and its first token: the
+    reply with its persona's current version, its branch, and the claim, a conditional update
+    from queued (or, taken over, streaming) to streaming. A `do_stop` of the queued reply, or a
+    delete, that comes between the reads and the claim wins: the claim then changes no row."""
+    current = PersonaVersion.objects.filter(persona=OuterRef("conversation__persona")).order_by("-number")
+    try:  # get, not first: no ordering to compile
         reply = (
-            Message.objects.select_for_update(of=("self",))
-            .select_related("conversation__persona", "conversation__owner")
-            .filter(pk=job.message_id, role=Message.Role.ASSISTANT)
-            .first()
+            Message.objects.select_related("conversation__persona", "conversation__owner")
+            .annotate(
+                version_id=Subquery(current.values("pk")[:1]),
+                version_prompt=Subquery(current.values("system_prompt")[:1]),
+            )
+            .get(pk=job.message_id, role=Message.Role.ASSISTANT)
         )
-        resuming = job.attempt > 1 and reply is not None and reply.status == Message.Status.STREAMING
-        if reply is None or not (reply.status == Message.Status.QUEUED or resuming):
-            return None
-        if job.attempt > settings.GROK_JOB_MAX_ATTEMPTS:
+    except Message.DoesNotExist:  # deleted with its conversation
+        return None
+    claimable = [Message.Status.QUEUED] + ([Message.Status.STREAMING] if job.attempt > 1 else [])
+    if reply.status not in claimable:
+        return None
+    resuming = reply.status == Message.Status.STREAMING
+    if job.attempt > settings.GROK_JOB_MAX_ATTEMPTS:
+        raise ChatError("failed", f"The reply was started {job.attempt - 1} times and never finished.")
+    persona = reply.conversation.persona
+    # The reply's branch (chat/branches.py): the turns with text before it, as they were on
+    # screen when it was asked for. A stopped reply counts as what the user saw.
+    conversation = reply.conversation
+    tree = branches.tree_of(conversation, fields=("role", "content"))
+    turns = [(m.role, m.content) for m in tree.path_to(reply.parent_id) if m.content]
+    # The plan's limits, recorded on the queued reply, within the server's and the model's.
+    limits = reply.generation or {}
+    # Prompt and reply also within the tokens today's quota holds for the reply
+    # (chat/plans.py), so that it is never charged more. 0: queued before replies held any.
+    model_context = min(context_len, limits.get("context_len") or context_len)
+    held_bound = 0 < reply.reserved_tokens < model_context
+    context_len, max_new_tokens = reply_budget(
+        min(model_context, reply.reserved_tokens or model_context),
+        limits,
+        max_new_tokens=settings.GROK_MAX_NEW_TOKENS,
+    )
+    if not turns or turns[-1][0] != Message.Role.USER:
+        raise ChatError("conflict", "There is no message to answer.")
+    persona_prompt = reply.version_prompt or ""
+    system_prompt = persona_prompt
+    # The user's custom instructions follow the persona's (web chats: an API request
+    # brings its own system text); recorded with the reply like the persona version.
+    instructions = (
+        account.instructions_for(reply.conversation.owner)
+        if reply.conversation.source == Conversation.Source.WEB
+        else ""
+    )
+    if instructions:
+        system_prompt = f"{system_prompt.strip()}\n\n{instructions}"
+    if limits.get("system_suffix"):  # an API request's system text adds to the persona's
+        system_prompt = f"{system_prompt.strip()}\n\n{limits['system_suffix']}"
+    try:
+        prompt = build_prompt(
+            system_prompt,
+            turns,
+            tokenizer,
+            context_len=context_len,
+            max_new_tokens=max_new_tokens,
+            assistant_name=persona.name,
+        )
+    except ChatError as error:
+        if error.code == "too_long" and held_bound:  # the day's tokens, not the model, fall short
             raise ChatError(
-                "failed", f"The reply was started {job.attempt - 1} times and never finished."
-            )
-        persona = reply.conversation.persona
-        version = persona.current_version
-        # The reply's branch (chat/branches.py): the turns with text before it, as they were on
-        # screen when it was asked for. A stopped reply counts as what the user saw.
-        conversation = reply.conversation
-        tree = branches.tree_of(conversation, fields=("role", "content"))
-        turns = [(m.role, m.content) for m in tree.path_to(reply.parent_id) if m.content]
-        # The plan's limits, recorded on the queued reply, within the server's and the model's.
-        limits = reply.generation or {}
-        # Prompt and reply also within the tokens today's quota holds for the reply
-        # (chat/plans.py), so that it is never charged more. 0: queued before replies held any.
-        model_context = min(context_len, limits.get("context_len") or context_len)
-        held_bound = 0 < reply.reserved_tokens < model_context
-        context_len, max_new_tokens = reply_budget(
-            min(model_context, reply.reserved_tokens or model_context),
-            limits,
-            max_new_tokens=settings.GROK_MAX_NEW_TOKENS,
-        )
-        if not turns or turns[-1][0] != Message.Role.USER:
-            raise ChatError("conflict", "There is no message to answer.")
-        system_prompt = version.system_prompt if version else ""
-        # The user's custom instructions follow the persona's (web chats: an API request
-        # brings its own system text); recorded with the reply like the persona version.
-        instructions = (
-            account.instructions_for(reply.conversation.owner)
-            if reply.conversation.source == Conversation.Source.WEB
-            else ""
-        )
-        if instructions:
-            system_prompt = f"{system_prompt.strip()}\n\n{instructions}"
-        if limits.get("system_suffix"):  # an API request's system text adds to the persona's
-            system_prompt = f"{system_prompt.strip()}\n\n{limits['system_suffix']}"
-        try:
-            prompt = build_prompt(
-                system_prompt,
-                turns,
-                tokenizer,
-                context_len=context_len,
-                max_new_tokens=max_new_tokens,
-                assistant_name=persona.name,
-            )
-        except ChatError as error:
-            if error.code == "too_long" and held_bound:  # the day's tokens, not the model, fall short
-                raise ChatError(
-                    "quota",
-                    f"Only {context_len:,} of today's tokens are left, too few for this message "
-                    f"and a reply. They reset at midnight ({settings.TIME_ZONE}).",
-                ) from None
-            raise
-        # An API request may set temperature, top_p and seed (chat/api/requests.py); else the
-        # server's.
-        seed = limits.get("seed")
-        sampling = {
-            "temperature": limits.get("temperature", settings.GROK_TEMPERATURE),
-            "top_p": limits.get("top_p", settings.GROK_TOP_P),
-            "top_k": settings.GROK_TOP_K,
-            # recorded, so a reply can be reproduced
-            "seed": seed if seed is not None else secrets.randbelow(2**31),
-            "max_new_tokens": max_new_tokens,
-        }
-        reply.status = Message.Status.STREAMING
-        reply.persona_version = version
-        reply.model_name = model_name
-        reply.generation = {**limits, **sampling, "context_len": context_len}
-        if instructions:
-            reply.generation["custom_instructions"] = instructions
-        reply.save(update_fields=["status", "persona_version", "model_name", "generation", "updated_at"])
+                "quota",
+                f"Only {context_len:,} of today's tokens are left, too few for this message "
+                f"and a reply. They reset at midnight ({settings.TIME_ZONE}).",
+            ) from None
+        raise
+    # An API request may set temperature, top_p and seed (chat/api/requests.py); else the
+    # server's.
+    seed = limits.get("seed")
+    sampling = {
+        "temperature": limits.get("temperature", settings.GROK_TEMPERATURE),
+        "top_p": limits.get("top_p", settings.GROK_TOP_P),
+        "top_k": settings.GROK_TOP_K,
+        # recorded, so a reply can be reproduced
+        "seed": seed if seed is not None else secrets.randbelow(2**31),
+        "max_new_tokens": max_new_tokens,
+    }
+    generation = {**limits, **sampling, "context_len": context_len}
+    if instructions:
+        generation["custom_instructions"] = instructions
+    claimed = Message.objects.filter(pk=reply.pk, status__in=claimable).update(
+        status=Message.Status.STREAMING, persona_version_id=reply.version_id, model_name=model_name,
+        generation=generation, updated_at=timezone.now(),
+    )
+    if not claimed:
+        return None
     start = ReplyStart(
         reply.pk, prompt.ids, sampling, prompt.stop + tuple(limits.get("stop", ())),
         cache_salt=cache_salt(reply.conversation.owner_id),
-        public_prefix=public_prefix(prompt.ids, version.system_prompt if version else "", tokenizer),
+        public_prefix=public_prefix(prompt.ids, persona_prompt, tokenizer),
     )
     if resuming and reply.content:
         # Go on after the saved text (the model wrote it after "Grok:" with a space): its

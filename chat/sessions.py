@@ -1,13 +1,14 @@
 """Ending a user's open websockets when their session ends: logout, a password change, the
 account set inactive, in every Daphne process.
 
-A socket checks its session on every frame it gets (`session_user`), and whenever one of its
-user's sessions may have ended, on a `session.check` event sent to the channel group of that
-user (`user_group`): after a logout (the event names the session that ended, since Django
-deletes it only after the signal) and after any save of the user but a login's, which covers a
-new password (its hash no longer matches the session's) and `is_active` turned off. The
-event goes through the channel layer, so sockets on every Daphne process hear it; if Redis
-drops it, the socket's next frame finds out anyway.
+A socket checks its session (`session_user`) whenever one of its user's sessions may have
+ended, on a `session.check` event sent to the channel group of that user (`user_group`): after
+a logout (the event names the session that ended, since Django deletes it only after the
+signal) and after any save of the user but a login's, which covers a new password (its hash no
+longer matches the session's) and `is_active` turned off. The event goes through the channel
+layer, so sockets on every Daphne process hear it. A frame checks too, unless the socket looked
+less than GROKWEB_SESSION_RECHECK_SECONDS ago and is in its user's group: if Redis drops an
+event, or a session expires, the socket finds out within that time.
 """
 
 from __future__ import annotations

@@ -408,3 +408,18 @@ async def test_a_frame_finds_a_session_ended_unheard(login):
     await communicator.send_to(text_data=json.dumps({"type": "send", "conversation_id": None, "content": "hi"}))
     assert await communicator.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4401}
     assert not await database_sync_to_async(Message.objects.exists)()
+
+
+async def test_a_socket_looks_at_its_session_again_within_the_recheck_time(login, settings):
+    """Between looks the socket trusts its session (the events above end it at once); one
+    ended unheard is found by the first frame after GROKWEB_SESSION_RECHECK_SECONDS."""
+    settings.GROKWEB_SESSION_RECHECK_SECONDS = 1.0
+    cookie = await database_sync_to_async(login)("ann")
+    communicator = await connect(cookie)
+    assert (await ask(communicator, {"type": "ping"}))["type"] == "pong"  # looked: trusted for 1 s
+    await database_sync_to_async(lambda: _session(cookie).delete())()
+    assert (await ask(communicator, {"type": "ping"}))["type"] == "pong"
+    await asyncio.sleep(1.1)
+    await communicator.send_to(text_data=json.dumps({"type": "send", "conversation_id": None, "content": "hi"}))
+    assert await communicator.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4401}
+    assert not await database_sync_to_async(Message.objects.exists)()

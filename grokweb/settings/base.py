@@ -121,6 +121,11 @@ AXES_VERBOSE = False  # no banner on every manage.py command; lockouts are still
 # Sign-ups one address may make (django-ratelimit's "count/period": s, m, h or d).
 GROKWEB_SIGNUP_RATE = env_str("GROKWEB_SIGNUP_RATE", "10/h")
 
+# How long a chat socket trusts its last look at its session before a frame looks again: the
+# events of chat/sessions.py end it at once on a logout, a new password or a deactivation, so
+# this bounds only what an event missed (one Redis lost, an expiry).
+GROKWEB_SESSION_RECHECK_SECONDS = env_float("GROKWEB_SESSION_RECHECK_SECONDS", 30)
+
 # Password reset mails: printed on the console unless an SMTP server is configured.
 EMAIL_BACKEND = env_str("GROKWEB_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env_str("GROKWEB_EMAIL_HOST", "localhost")
