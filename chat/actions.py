@@ -18,6 +18,7 @@ from chat.inputs import check_text
 from chat.models import Conversation, Message, Persona, User
 
 TITLE_CHARS = 60
+ACTIVITY = ("role", "status")  # what of a tree's messages `check_no_active_reply` reads
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -47,9 +48,10 @@ def check_persona_allowed(user: User, persona: Persona) -> None:
     plans.check_persona_in_plan(plans.current_plan(user), persona)
 
 
-def check_no_active_reply(conversation: Conversation) -> None:
-    """One reply at a time per conversation: the page stops the running one first."""
-    if conversation.active_reply() is not None:
+def check_no_active_reply(tree: branches.Tree) -> None:
+    """One reply at a time per conversation: the page stops the running one first. From the
+    conversation's tree (loaded with `role` and `status`), which the caller reads anyway."""
+    if any(m.role == Message.Role.ASSISTANT and m.is_active for m in tree.by_id.values()):
         raise ChatError("conflict", "Wait for the current reply to finish, or stop it.")
 
 
@@ -152,18 +154,16 @@ def do_send_message(
         conversation = Conversation.objects.create(
             owner=user, persona=persona, title=title_from(content)
         )
+        parent = None  # a new conversation's first message follows nothing
     else:
         conversation = get_conversation(user, conversation_id, lock=True)
         check_persona_active(conversation.persona)
-        check_no_active_reply(conversation)
+        tree = branches.tree_of(conversation, fields=ACTIVITY)
+        check_no_active_reply(tree)
+        parent = tree.shown_leaf(conversation)  # the end of the branch on screen
     limits = plans.check_can_generate(user, conversation.persona)
-    # shown=False: its reply, queued next, ends the branch on screen. A new conversation's first
-    # message follows nothing: no tree to look at.
-    fields = {"role": Message.Role.USER, "content": content, "shown": False}
-    if conversation_id is None:
-        message = branches.add(conversation, None, **fields)
-    else:
-        message = branches.append(conversation, **fields)
+    # shown=False: its reply, queued next, ends the branch on screen.
+    message = branches.add(conversation, parent, role=Message.Role.USER, content=content, shown=False)
     reply = do_queue_reply(conversation, limits, parent=message)
     # Each ends the branch it starts (the end of a path has nothing after it): no siblings.
     message.versions, reply.versions = [message.pk], [reply.pk]
@@ -195,8 +195,9 @@ def do_regenerate(user: User, conversation_id: int) -> tuple[Message, Message]:
     returns (the user message it answers, the new reply), each with its `versions`."""
     conversation = get_conversation(user, conversation_id, lock=True)
     check_persona_active(conversation.persona)
-    check_no_active_reply(conversation)
-    path = branches.shown_path(conversation)
+    tree = branches.tree_of(conversation)
+    check_no_active_reply(tree)
+    path = tree.shown_path(conversation)
     message = next((m for m in reversed(path) if m.role == Message.Role.USER), None)
     if message is None:
         raise ChatError("conflict", "There is no message to answer yet.")
@@ -216,7 +217,7 @@ def do_edit_message(user: User, message_id: int, content: str) -> tuple[Message,
         raise ChatError("not_found", "No such message.")
     conversation = get_conversation(user, message.conversation_id, lock=True)
     check_persona_active(conversation.persona)
-    check_no_active_reply(conversation)
+    check_no_active_reply(branches.tree_of(conversation, fields=ACTIVITY))
     limits = plans.check_can_generate(user, conversation.persona)
     edited = branches.add(conversation, message.parent_id, role=Message.Role.USER, content=content, shown=False)
     reply = do_queue_reply(conversation, limits, parent=edited)
@@ -231,8 +232,8 @@ def do_switch_version(user: User, message_id: int) -> tuple[Conversation, list[M
     while a reply is being written, which would leave the screen."""
     message = get_message(user, message_id)
     conversation = get_conversation(user, message.conversation_id, lock=True)
-    check_no_active_reply(conversation)
     tree = branches.tree_of(conversation, conversation.messages.prefetch_related("feedback"))
+    check_no_active_reply(tree)
     conversation.current_id = tree.newest_leaf(message.pk)
     conversation.save(update_fields=["current"])  # not updated_at: looking is not a change
     return conversation, tree.shown_path(conversation)
