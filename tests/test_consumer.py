@@ -423,3 +423,21 @@ async def test_a_socket_looks_at_its_session_again_within_the_recheck_time(login
     await communicator.send_to(text_data=json.dumps({"type": "send", "conversation_id": None, "content": "hi"}))
     assert await communicator.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4401}
     assert not await database_sync_to_async(Message.objects.exists)()
+
+
+async def test_a_socket_not_yet_in_its_users_group_looks_at_its_session_on_every_frame(login, monkeypatch):
+    """Until it hears the group's events (its join can hang while Redis restarts), trusting an
+    earlier look would let an ended session go on: every frame looks."""
+    from chat.consumers import ChatConsumer
+
+    async def never_joined(self):
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(ChatConsumer, "join_user_group", never_joined)
+    cookie = await database_sync_to_async(login)("ann")
+    communicator = await connect(cookie)
+    assert (await ask(communicator, {"type": "ping"}))["type"] == "pong"
+    await database_sync_to_async(lambda: _session(cookie).delete())()
+    await communicator.send_to(text_data=json.dumps({"type": "ping"}))
+    assert await communicator.receive_output(TIMEOUT) == {"type": "websocket.close", "code": 4401}
+    await communicator.disconnect()
