@@ -189,34 +189,39 @@ class RedisQueue:
         return INBOX_PREFIX + self.consumer
 
     def put(self, message_id: int, conversation_id: int | None = None) -> None:
-        if queue_length(self.redis) >= self.max_length:
+        """Queue the job, in its conversation's worker's inbox or the shared stream (`_route`).
+        A send waits for this before its first token: what the bound and the routing read is
+        asked for in one round trip, and the inboxes' lengths in a second."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(INBOXES)
+            if conversation_id is not None:
+                pipe.get(f"{AFFINITY_PREFIX}{conversation_id}").hgetall(WORKERS).hgetall(WAITING)
+            inboxes, *routing = pipe.execute()
+        if queue_length(self.redis, inboxes) >= self.max_length:
             raise QueueFull
         fields = {"message_id": message_id}
         if conversation_id is not None:
             fields["conversation_id"] = conversation_id
-        worker = self._route(conversation_id)
+        worker = self._route(*routing) if routing else None
         if worker is None:
             self.redis.xadd(STREAM, fields)
             return
         with self.redis.pipeline() as pipe:  # listed, so that others find it should its worker die
             pipe.xadd(INBOX_PREFIX + worker, fields).sadd(INBOXES, worker).execute()
 
-    def _route(self, conversation_id: int | None) -> str | None:
-        """The worker to send this conversation's next turn to, or None for the shared stream:
-        the one that wrote its last reply, if it is alive, no reply waits in it for a free slot,
-        and none waits in the shared stream (so that a routed job overtakes nobody)."""
-        if conversation_id is None:
-            return None
-        worker = self.redis.get(f"{AFFINITY_PREFIX}{conversation_id}")
+    def _route(self, worker: str | None, beats: dict[str, str], waiting: dict[str, str]) -> str | None:
+        """The worker to send a conversation's next turn to, or None for the shared stream:
+        `worker`, the one that wrote its last reply, if it is alive (`beats`), no reply waits in
+        it for a free slot (`waiting`), and none waits in the shared stream (so that a routed
+        job overtakes nobody)."""
         if worker is None:
             return None
-        with self.redis.pipeline() as pipe:
-            beat, waiting = pipe.hget(WORKERS, worker).hget(WAITING, worker).execute()
         now = time.time()
+        beat = beats.get(worker)
         if beat is None or now - float(beat) > self.claim_ms / 1000:
             return None
-        if waiting is not None:
-            count, at = waiting.split()
+        if worker in waiting:
+            count, at = waiting[worker].split()
             if int(count) > 0 and now - float(at) <= BUSY_TTL:
                 return None
         if self._undelivered(STREAM, 1):
@@ -422,10 +427,12 @@ def get_queue() -> JobQueue:
     return _queue_for(settings.REDIS_URL, settings.GROK_MAX_QUEUE, settings.GROK_JOB_CLAIM_SECONDS)
 
 
-def queue_length(client: redis.Redis) -> int:
+def queue_length(client: redis.Redis, workers: Iterable[str] | None = None) -> int:
     """Replies waiting for a worker or being written: the entries of the shared stream and of
-    every inbox (a missing stream counts 0)."""
-    workers = client.smembers(INBOXES)
+    every inbox (a missing stream counts 0). `workers`: those with an inbox, if the caller has
+    read them already."""
+    if workers is None:
+        workers = client.smembers(INBOXES)
     with client.pipeline(transaction=False) as pipe:
         pipe.xlen(STREAM)
         for worker in workers:

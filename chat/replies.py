@@ -9,14 +9,15 @@ far: the new worker continues it, with that text appended to the prompt, so page
 at the next offsets and nothing they were shown is taken back. Past `GROK_JOB_MAX_ATTEMPTS` the
 reply is failed instead, its text kept.
 
-Saving (`do_save_updates`) writes every reply's text first, all of them in one transaction, and
-returns the events to send only after that, so a page that asks the database after a dropped
-frame finds at least what it was sent.
+Saving (`do_save_updates`) writes every reply's text first, all of them in one transaction (one
+statement for a lone reply's text as it streams), and returns the events to send only after
+that, so a page that asks the database after a dropped frame finds at least what it was sent.
 """
 
 from __future__ import annotations
 
 import secrets
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -189,11 +190,14 @@ def do_start_reply(
 
 def do_save_updates(updates: list[Update], progress: dict[int, Progress]) -> Saved:
     """Save where each reply stands, charge the finished ones, and return the events that tell
-    their pages. One transaction: it raises, and the caller offers the same updates again, if
-    the database is away."""
+    their pages. All or nothing (one transaction, or one statement): it raises, and the caller
+    offers the same updates again, if the database is away."""
     saved = Saved()
     ended: list[Message] = []
-    with transaction.atomic():
+    # One reply's text as it streams (its first text above all) is one statement, atomic by
+    # itself: no transaction around it, two round trips less on the way to the page.
+    alone = len(updates) == 1 and updates[0].finish_reason is None
+    with nullcontext() if alone else transaction.atomic():
         for update in updates:
             reply_id = int(update.request_id)
             known = progress.get(reply_id) or Progress()
