@@ -83,6 +83,7 @@ def do_start_reply(
     reply with its persona's current version, its branch, and the claim, a conditional update
     from queued (or, taken over, streaming) to streaming. A `do_stop` of the queued reply, or a
     delete, that comes between the reads and the claim wins: the claim then changes no row."""
+    # Persona.current_version, as subqueries of the one read.
     current = PersonaVersion.objects.filter(persona=OuterRef("conversation__persona")).order_by("-number")
     try:  # get, not first: no ordering to compile
         reply = (
