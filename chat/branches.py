@@ -101,10 +101,10 @@ def add(conversation: Conversation, parent_id: int | None, *, shown: bool = True
     return message
 
 
-def append(conversation: Conversation, *, shown: bool = True, **fields) -> Message:
+def append(conversation: Conversation, **fields) -> Message:
     """A new message at the end of the path on screen."""
     tree = tree_of(conversation, fields=())
-    return add(conversation, tree.shown_leaf(conversation), shown=shown, **fields)
+    return add(conversation, tree.shown_leaf(conversation), **fields)
 
 
 def add_tree(conversation: Conversation, messages: Sequence[Message], parents: Sequence[int | None],
